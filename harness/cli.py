@@ -1,0 +1,151 @@
+"""Command-line interface: a thin layer over the pipeline functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Reproducibility harness for deep metric learning: train, store and report under a fixed protocol.",
+)
+console = Console(stderr=True)
+output = Console()
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    loss: str = typer.Option(..., "--loss", help="Loss name, or several separated by commas (run one after another)."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name; `harness datasets` lists them."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run seeds 0..N-1, each as its own run."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run this one seed. Default without --seeds: seed 0."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", help="Shipped protocol name or path of a protocol TOML file. Default: 'default'."
+    ),
+    set_items: list[str] = typer.Option(
+        [], "--set", help="Override a protocol value, SECTION.KEY=VALUE parsed as TOML (e.g. train.epochs=3). Repeatable."
+    ),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of the result store."),
+    force: bool = typer.Option(False, "--force", help="Rerun runs that already finished."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or tables; one line per run."),
+) -> None:
+    """Train and evaluate losses on a dataset over seeds, storing one folder per run."""
+    from harness.runner import execute_run, parse_loss_names, plan_runs, seed_list
+    from harness.progress import NullProgress, RichProgress
+    from harness.store import FINISHED, ResultStore
+
+    try:
+        loss_names = parse_loss_names(loss)
+        seed_values = seed_list(seeds, seed)
+        planned = plan_runs(loss_names, dataset, seed_values, protocol, set_items)
+        store = ResultStore(results_dir)
+        store.ensure_writable()
+    except HarnessError as error:
+        _fail(error)
+
+    progress = NullProgress() if quiet else RichProgress(console)
+    summaries = []
+    for index, item in enumerate(planned, start=1):
+        prefix = f"[{index}/{len(planned)}] {item.run_id}"
+        if not force and store.is_finished(item.run_id):
+            console.print(f"{prefix}: already finished, skipped (--force reruns it)", highlight=False)
+            continue
+        try:
+            summary = execute_run(item, store, progress)
+        except HarnessError as error:
+            _fail(error)
+        except KeyboardInterrupt:
+            console.print(f"{prefix}: interrupted; recorded as failed.", highlight=False)
+            raise typer.Exit(code=130)
+        summaries.append(summary)
+        if summary.state == FINISHED:
+            recall = summary.metrics.get("recall@1", float("nan"))
+            console.print(
+                f"{prefix}: finished in {summary.seconds:.1f} s, Recall@1 {100 * recall:.2f}%", highlight=False
+            )
+            if not quiet:
+                _print_run_table(summary)
+        else:
+            console.print(f"{prefix}: [red]failed[/] after {summary.seconds:.1f} s: {summary.reason}", highlight=False)
+
+    failed = [s for s in summaries if s.state != FINISHED]
+    console.print(
+        f"{len(summaries) - len(failed)} run(s) finished, {len(failed)} failed, "
+        f"{len(planned) - len(summaries)} skipped. Results in {store.runs_dir}.",
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _print_run_table(summary) -> None:
+    table = Table(title=f"{summary.run_id} (test split, last epoch)")
+    table.add_column("metric")
+    table.add_column("value (%)", justify="right")
+    for metric, value in summary.metrics.items():
+        table.add_row(metric, f"{100 * value:.2f}")
+    console.print(table)
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of the result store."),
+    out: Path = typer.Option(Path("reports/latest"), "--out", help="Folder to write report.md, report.html and plots to."),
+) -> None:
+    """Summarize finished runs into tables and plots (Markdown and self-contained HTML)."""
+    from harness.report import build_report
+
+    try:
+        written = build_report(results_dir, out)
+    except HarnessError as error:
+        _fail(error)
+    for path in written:
+        output.print(str(path), highlight=False)
+
+
+@app.command()
+def losses() -> None:
+    """List the available losses."""
+    from losses import LOSSES
+
+    table = Table(title="losses")
+    table.add_column("name")
+    table.add_column("description")
+    for name, cls in LOSSES.items():
+        table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
+    output.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the available datasets."""
+    from harness.data import DATASETS
+
+    table = Table(title="datasets")
+    table.add_column("name")
+    table.add_column("Recall@K")
+    table.add_column("description")
+    for name, info in DATASETS.items():
+        table.add_row(name, ", ".join(map(str, info.recall_k)), info.description)
+    output.print(table)
+
+
+def main() -> None:
+    app(prog_name="harness")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
