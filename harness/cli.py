@@ -22,7 +22,7 @@ output = Console()
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -61,31 +61,34 @@ def run(
     for index, item in enumerate(planned, start=1):
         prefix = f"[{index}/{len(planned)}] {item.run_id}"
         if not force and store.is_finished(item.run_id):
-            console.print(f"{prefix}: already finished, skipped (--force reruns it)", highlight=False)
+            console.print(f"{prefix}: already finished, skipped (--force reruns it)", highlight=False, soft_wrap=True)
             continue
         try:
             summary = execute_run(item, store, progress)
         except HarnessError as error:
             _fail(error)
         except KeyboardInterrupt:
-            console.print(f"{prefix}: interrupted; recorded as failed.", highlight=False)
+            console.print(f"{prefix}: interrupted; recorded as failed.", highlight=False, soft_wrap=True)
             raise typer.Exit(code=130)
         summaries.append(summary)
         if summary.state == FINISHED:
             recall = summary.metrics.get("recall@1", float("nan"))
             console.print(
-                f"{prefix}: finished in {summary.seconds:.1f} s, Recall@1 {100 * recall:.2f}%", highlight=False
+                f"{prefix}: finished in {summary.seconds:.1f} s, Recall@1 {100 * recall:.2f}%",
+                highlight=False,
+                soft_wrap=True,
             )
             if not quiet:
                 _print_run_table(summary)
         else:
-            console.print(f"{prefix}: [red]failed[/] after {summary.seconds:.1f} s: {summary.reason}", highlight=False)
+            console.print(f"{prefix}: [red]failed[/] after {summary.seconds:.1f} s: {summary.reason}", highlight=False, soft_wrap=True)
 
     failed = [s for s in summaries if s.state != FINISHED]
     console.print(
         f"{len(summaries) - len(failed)} run(s) finished, {len(failed)} failed, "
         f"{len(planned) - len(summaries)} skipped. Results in {store.runs_dir}.",
         highlight=False,
+        soft_wrap=True,
     )
     if failed:
         raise typer.Exit(code=1)
@@ -113,7 +116,7 @@ def report(
     except HarnessError as error:
         _fail(error)
     for path in written:
-        output.print(str(path), highlight=False)
+        output.print(str(path), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -95,6 +95,9 @@ class EvalConfig:
 
     k: tuple[int, ...] = _setting((1, 2, 4, 8), "the K values of Recall@K", minimum=1)
     nmi: bool = _setting(True, "compute NMI of k-means with k = number of test classes")
+    kmeans_restarts: int = _setting(
+        3, "k-means runs for NMI; the lowest objective is kept (pytorch-metric-learning runs 1)", minimum=1
+    )
     batch_size: int = _setting(256, "batch size for computing embeddings", minimum=1)
 
 
@@ -256,7 +259,10 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"protocol file {path} is not valid TOML: {error}.") from None
+        message = str(error)
+        if "end of document" in message:
+            message += f", line {len(text.splitlines())}"
+        raise ConfigError(f"protocol file {path} is not valid TOML: {message}.") from None
 
     header = raw.pop("protocol", {})
     if not isinstance(header, dict) or "name" not in header or "version" not in header:

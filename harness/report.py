@@ -136,18 +136,27 @@ def _format_value(value) -> str:
 
 
 def configuration_labels(records: list[RunRecord]) -> dict[str, str]:
-    """Name each configuration by its loss plus every setting that differs between configurations."""
+    """Name each configuration by its loss plus every setting that differs between configurations.
+
+    Loss hyperparameters are compared only among configurations of the same
+    loss, since other losses do not have them.
+    """
     by_hash = {}
     for record in records:
         by_hash.setdefault(record.config_hash, record.flat_config)
-    keys = sorted({key for flat in by_hash.values() for key in flat} - LABEL_SKIPPED_KEYS)
-    varying = [key for key in keys if len({json.dumps(flat.get(key), sort_keys=True) for flat in by_hash.values()}) > 1]
+
+    def varies(key: str, flats: list[dict]) -> bool:
+        return len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
+
+    shared_keys = sorted({k for flat in by_hash.values() for k in flat if not k.startswith("loss.")} - LABEL_SKIPPED_KEYS)
+    varying_shared = [key for key in shared_keys if varies(key, list(by_hash.values()))]
     labels = {}
     for config_hash, flat in by_hash.items():
-        label = flat["loss.name"]
-        settings = [f"{key}={_format_value(flat[key])}" for key in varying if key in flat and not key.startswith("loss.")]
-        settings += [f"{key[5:]}={_format_value(flat[key])}" for key in varying if key in flat and key.startswith("loss.")]
-        labels[config_hash] = label + (f" ({', '.join(settings)})" if settings else "")
+        same_loss = [other for other in by_hash.values() if other["loss.name"] == flat["loss.name"]]
+        loss_keys = sorted(k for k in flat if k.startswith("loss.") and k not in LABEL_SKIPPED_KEYS)
+        settings = [f"{key}={_format_value(flat.get(key))}" for key in varying_shared]
+        settings += [f"{key[5:]}={_format_value(flat[key])}" for key in loss_keys if varies(key, same_loss)]
+        labels[config_hash] = flat["loss.name"] + (f" ({', '.join(settings)})" if settings else "")
     return labels
 
 

@@ -1,0 +1,133 @@
+"""Protocol loading, overrides and the config hash."""
+
+import pytest
+
+from harness.config import (
+    check_overrides,
+    load_protocol,
+    parse_overrides,
+    resolve_config,
+    run_id_for,
+)
+from harness.errors import ConfigError
+
+
+def resolve(loss="sgsl", items=(), losses=None):
+    protocol = load_protocol(None, "digits")
+    overrides = parse_overrides(list(items))
+    check_overrides(overrides, losses or [loss])
+    return resolve_config(protocol, "digits", loss, overrides)
+
+
+def test_default_protocol_resolves_every_section():
+    config = resolve()
+    assert config.protocol == "default"
+    assert config.data.dataset == "digits"
+    assert config.model.backbone == "resnet10t"
+    assert config.eval.k == (1, 2, 4, 8)
+    assert config.loss.kwargs() == {
+        "gamma_1": 1.0,
+        "gamma_2": 16.0,
+        "sgsl_weight": 1.0,
+        "normalize_stopped_weights": False,
+        "stop_gradient": True,
+    }
+
+
+def test_config_is_frozen():
+    config = resolve()
+    with pytest.raises(AttributeError):
+        config.train.epochs = 3
+
+
+def test_hash_stable_and_sensitive():
+    assert resolve().config_hash == resolve().config_hash
+    assert resolve(items=["train.epochs=3"]).config_hash != resolve().config_hash
+    assert resolve(items=["loss.gamma_2=32"]).config_hash != resolve().config_hash
+
+
+def test_hash_ignores_output_only_settings():
+    assert resolve(items=["train.device='cpu'"]).config_hash == resolve().config_hash
+    assert resolve(items=["eval.batch_size=7"]).config_hash == resolve().config_hash
+
+
+def test_run_id_names_dataset_loss_hash_seed():
+    config = resolve()
+    assert run_id_for(config, 3) == f"digits-sgsl-{config.config_hash[:12]}-s3"
+
+
+def test_overrides_parse_toml_values():
+    config = resolve(items=["eval.k=[1,2,4]", "model.rbr=true", "loss.gamma_2=32", "model.backbone=resnet18"])
+    assert config.eval.k == (1, 2, 4)
+    assert config.model.rbr is True
+    assert config.loss.kwargs()["gamma_2"] == 32.0
+    assert config.model.backbone == "resnet18"
+
+
+def test_loss_key_skipped_for_losses_without_it():
+    config = resolve(loss="softmax", items=["loss.gamma_2=32"], losses=["sgsl", "softmax"])
+    assert config.loss.kwargs() == {}
+
+
+@pytest.mark.parametrize(
+    "item, losses, message",
+    [
+        ("train.epoch=3", ["sgsl"], "unknown key 'train.epoch'.*train.epochs"),
+        ("trian.epochs=3", ["sgsl"], "unknown section 'trian'"),
+        ("train.epochs=three", ["sgsl"], "train.epochs: expected a value of type int"),
+        ("train.epochs=0", ["sgsl"], "at least 1"),
+        ("train.lr=true", ["sgsl"], "expected a value of type float"),
+        ("eval.k=[]", ["sgsl"], "non-empty list"),
+        ("model.pooling='mean'", ["sgsl"], "allowed values: avg, max, avgmax"),
+        ("loss.gamma_2=32", ["softmax"], "unknown key for loss softmax"),
+        ("loss.gamma_2='big'", ["sgsl"], "expected a value of type float"),
+        ("loss.name='softmax'", ["sgsl"], "set by --loss"),
+        ("data.dataset='cub'", ["sgsl"], "set by --dataset"),
+        ("train.epochs", ["sgsl"], "expected SECTION.KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_rejected(item, losses, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(parse_overrides([item]), losses)
+
+
+def test_protocol_file_path_and_folder(tmp_path):
+    text = "[protocol]\nname = 'mine'\nversion = '2'\n[data]\ndataset = 'digits'\n[train]\nepochs = 2\n"
+    (tmp_path / "digits.toml").write_text(text)
+    from_file = load_protocol(str(tmp_path / "digits.toml"), "digits")
+    from_folder = load_protocol(str(tmp_path), "digits")
+    assert from_file.name == from_folder.name == "mine"
+    assert resolve_config(from_file, "digits", "sgsl", {}).train.epochs == 2
+
+
+def test_malformed_protocol_names_file_and_line(tmp_path):
+    path = tmp_path / "digits.toml"
+    path.write_text("[protocol]\nname = 'x'\nversion = '1'\n[train]\nepochs = = 3\n")
+    with pytest.raises(ConfigError, match=r"digits.toml is not valid TOML.*line 5"):
+        load_protocol(str(path), "digits")
+
+
+def test_protocol_unknown_key_names_line(tmp_path):
+    path = tmp_path / "digits.toml"
+    path.write_text("[protocol]\nname = 'x'\nversion = '1'\n[train]\nepochs = 3\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"line 6: unknown key 'train.learning_rate'"):
+        load_protocol(str(path), "digits")
+
+
+def test_protocol_for_other_dataset_rejected(tmp_path):
+    path = tmp_path / "cub.toml"
+    path.write_text("[protocol]\nname = 'x'\nversion = '1'\n[data]\ndataset = 'cub'\n")
+    with pytest.raises(ConfigError, match="is for dataset 'cub', not 'digits'"):
+        load_protocol(str(path), "digits")
+
+
+def test_missing_protocol_rejected():
+    with pytest.raises(ConfigError, match="protocol 'nonexistent' not found.*default"):
+        load_protocol("nonexistent", "digits")
+
+
+def test_protocol_without_header_rejected(tmp_path):
+    path = tmp_path / "digits.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"needs a \[protocol\] table"):
+        load_protocol(str(path), "digits")
