@@ -39,10 +39,17 @@ def run(
         [], "--set", help="Override a protocol value, SECTION.KEY=VALUE parsed as TOML (e.g. train.epochs=3). Repeatable."
     ),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of the result store."),
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", help="Folder that contains the photo datasets. Default: $HARNESS_DATA_ROOT."
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Folder for decoded-image caches (data.cache). Default: $HARNESS_CACHE_DIR or ~/.cache/dml-harness."
+    ),
     force: bool = typer.Option(False, "--force", help="Rerun runs that already finished."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or tables; one line per run."),
 ) -> None:
     """Train and evaluate losses on a dataset over seeds, storing one folder per run."""
+    from harness.data import DataLocation
     from harness.runner import execute_run, parse_loss_names, plan_runs, seed_list
     from harness.progress import NullProgress, RichProgress
     from harness.store import FINISHED, ResultStore
@@ -50,7 +57,8 @@ def run(
     try:
         loss_names = parse_loss_names(loss)
         seed_values = seed_list(seeds, seed)
-        planned = plan_runs(loss_names, dataset, seed_values, protocol, set_items)
+        location = DataLocation(data_root, cache_dir)
+        planned = plan_runs(loss_names, dataset, seed_values, protocol, set_items, location)
         store = ResultStore(results_dir)
         store.ensure_writable()
     except HarnessError as error:
@@ -71,6 +79,8 @@ def run(
             console.print(f"{prefix}: interrupted; recorded as failed.", highlight=False, soft_wrap=True)
             raise typer.Exit(code=130)
         summaries.append(summary)
+        for warning in summary.warnings:
+            console.print(f"{prefix}: [yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if summary.state == FINISHED:
             recall = summary.metrics.get("recall@1", float("nan"))
             console.print(
@@ -144,6 +154,53 @@ def datasets() -> None:
     for name, info in DATASETS.items():
         table.add_row(name, ", ".join(map(str, info.recall_k)), info.description)
     output.print(table)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Check photo datasets on disk.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    dataset: str = typer.Option(..., "--dataset", help="cub, cars, sop or inshop."),
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", help="Folder that contains the dataset folders. Default: $HARNESS_DATA_ROOT."
+    ),
+    count_check: bool = typer.Option(
+        True, "--count-check/--no-count-check", help="Compare split counts with the published ones (skip for subsets)."
+    ),
+) -> None:
+    """Validate a download without training: lists, paths, duplicates, missing or unreadable images, counts."""
+    from harness.benchmark_datasets import BENCHMARKS, check_download, resolve_data_root, split_counts
+    from harness.progress import RichProgress
+
+    if dataset not in BENCHMARKS:
+        _fail(HarnessError(f"--dataset: '{dataset}' has no download to check; photo datasets: {', '.join(BENCHMARKS)}."))
+    try:
+        parsed, problems = check_download(dataset, resolve_data_root(data_root), count_check, RichProgress(console))
+    except HarnessError as error:
+        _fail(error)
+
+    table = Table(title=f"{dataset} at {parsed.root}")
+    for column in ("split", "images", "classes", "published images", "published classes"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split, images, classes, published in split_counts(parsed):
+        table.add_row(
+            split,
+            str(images),
+            str(classes),
+            str(published.images) if published else "",
+            str(published.classes) if published else "",
+        )
+    output.print(table)
+    if problems:
+        for problem in problems[:50]:
+            output.print(f"[red]{problem.kind}:[/] {problem.message}", highlight=False, soft_wrap=True)
+        if len(problems) > 50:
+            output.print(f"... and {len(problems) - 50} more problem(s)", highlight=False)
+        output.print(f"[bold red]{len(problems)} problem(s) found.[/]", highlight=False)
+        raise typer.Exit(code=1)
+    output.print(f"[green]no problems found[/] in {len(parsed.entries)} listed images.", highlight=False)
 
 
 def main() -> None:

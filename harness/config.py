@@ -34,10 +34,23 @@ def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None, mi
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset, image size and batching."""
+    """Dataset, image pipeline, batching and validation split."""
 
     dataset: str = _setting("digits", "dataset name; set by --dataset")
-    image_size: int = _setting(32, "side of the square input image in pixels", minimum=8)
+    image_size: int = _setting(
+        224, "side of the square network input in pixels (the crop size for photo datasets)", minimum=8
+    )
+    resize: tuple[int, ...] = _setting(
+        (256, 256), "first resize of photos: [S] sets the shorter side to S, [H, W] resizes exactly", minimum=1
+    )
+    train_crop: str = _setting(
+        "random_crop",
+        "training crop: random_crop of the resized image, or random_resized_crop of the decoded image",
+        choices=("random_crop", "random_resized_crop"),
+    )
+    flip: bool = _setting(True, "random horizontal flip in training")
+    cache: bool = _setting(False, "read photos from an on-disk cache of the first resize (built once)")
+    num_workers: int = _setting(-1, "DataLoader worker processes; -1 uses the CPU count, at most 8", minimum=-1)
     batch_size: int = _setting(64, "training batch size in images", minimum=2)
     sampler: str = _setting(
         "random",
@@ -45,6 +58,14 @@ class DataConfig:
         choices=("random", "class_balanced"),
     )
     images_per_class: int = _setting(8, "images of each class per batch with the class_balanced sampler", minimum=2)
+    val_fraction: float = _setting(
+        0.0, "fraction of the training classes (the last ones by class id) held out as a validation split", minimum=0
+    )
+
+    @property
+    def cache_is_deviation(self) -> bool:
+        """Tell whether the cache changes the training pixels (a first step that is not an exact resize)."""
+        return self.cache and not (self.train_crop == "random_crop" and len(self.resize) == 2)
 
 
 @dataclass(frozen=True)
@@ -103,7 +124,8 @@ class EvalConfig:
 
 # Settings that cannot change a run's numbers beyond float rounding and are
 # left out of the config hash, so that one run id covers them.
-HASH_EXCLUDED = {("train", "device"), ("eval", "batch_size")}
+# The cache is left out too unless it changes the training pixels.
+HASH_EXCLUDED = {("train", "device"), ("eval", "batch_size"), ("data", "num_workers")}
 
 SECTION_TYPES: dict[str, type] = {
     "data": DataConfig,
@@ -133,6 +155,7 @@ class RunConfig:
         result = dataclasses.asdict(self)
         result["loss"]["hyperparameters"] = dict(self.loss.hyperparameters)
         result["eval"]["k"] = list(self.eval.k)
+        result["data"]["resize"] = list(self.data.resize)
         return result
 
     def hash_payload(self) -> dict[str, Any]:
@@ -140,6 +163,8 @@ class RunConfig:
         payload = {section: dict(self.to_dict()[section]) for section in SECTIONS}
         for section, key in HASH_EXCLUDED:
             payload[section].pop(key, None)
+        if not self.data.cache_is_deviation:
+            payload["data"].pop("cache", None)
         return payload
 
     @property

@@ -32,6 +32,15 @@ class NullProgress:
     def end_run(self) -> None:
         pass
 
+    def start_task(self, label: str, total: int) -> None:
+        pass
+
+    def advance_task(self) -> None:
+        pass
+
+    def end_task(self) -> None:
+        pass
+
 
 class RichProgress(NullProgress):
     """Two rich progress bars: epochs of the run, and batches of the epoch with rate and ETA."""
@@ -78,3 +87,23 @@ class RichProgress(NullProgress):
         if self.progress:
             self.progress.stop()
             self.progress = None
+
+    def start_task(self, label: str, total: int) -> None:
+        self.task_progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task_progress.start()
+        self.task = self.task_progress.add_task(label, total=total)
+
+    def advance_task(self) -> None:
+        self.task_progress.advance(self.task)
+
+    def end_task(self) -> None:
+        self.task_progress.stop()

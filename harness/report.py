@@ -169,6 +169,7 @@ class DatasetTable:
     metrics: list[str]
     labels: dict[str, str]
     failed: dict[str, int]
+    warnings: dict[str, list[str]]
 
 
 def build_tables(contents: StoreContents) -> list[DatasetTable]:
@@ -179,10 +180,15 @@ def build_tables(contents: StoreContents) -> list[DatasetTable]:
         subset = metrics[metrics["dataset"] == dataset]
         records = [r for r in contents.records if r.flat_config.get("data.dataset") == dataset]
         labels = configuration_labels(records)
-        failed = {}
+        failed: dict[str, int] = {}
+        warnings: dict[str, list[str]] = {}
         for record in records:
             if record.state != FINISHED:
                 failed[record.config_hash] = failed.get(record.config_hash, 0) + 1
+                continue
+            for warning in record.status.get("warnings", []):
+                if warning not in warnings.setdefault(record.config_hash, []):
+                    warnings[record.config_hash].append(warning)
         rows = []
         for (config_hash, metric), group in subset.groupby(["config_hash", "metric"], sort=True):
             group = group.sort_values("seed")
@@ -202,7 +208,7 @@ def build_tables(contents: StoreContents) -> list[DatasetTable]:
             rows.append(row)
         summary = pd.DataFrame(rows)
         metric_names = sorted(summary["metric"].unique(), key=_metric_order)
-        tables.append(DatasetTable(dataset, summary, metric_names, labels, failed))
+        tables.append(DatasetTable(dataset, summary, metric_names, labels, failed, warnings))
     return tables
 
 
@@ -217,13 +223,19 @@ def _cell(row: pd.Series) -> str:
 
 def table_rows(table: DatasetTable) -> tuple[list[str], list[list[str]]]:
     """Return the header and the cells of a dataset's table, one row per configuration."""
-    header = ["configuration", "protocol", "n", "failed"] + table.metrics
+    header = ["configuration", "protocol", "n", "failed", "warnings"] + table.metrics
     rows = []
     summary = table.summary
     for config_hash in sorted(summary["config_hash"].unique(), key=lambda h: table.labels.get(h, h)):
         part = summary[summary["config_hash"] == config_hash].set_index("metric")
         first = part.iloc[0]
-        cells = [str(first["configuration"]), str(first["protocol"]), str(int(first["n"])), str(int(first["failed_runs"]))]
+        cells = [
+            str(first["configuration"]),
+            str(first["protocol"]),
+            str(int(first["n"])),
+            str(int(first["failed_runs"])),
+            f"⚠ {len(table.warnings[config_hash])}" if table.warnings.get(config_hash) else "",
+        ]
         cells += [_cell(part.loc[metric]) if metric in part.index else "" for metric in table.metrics]
         rows.append(cells)
     return header, rows
@@ -400,6 +412,18 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
         written.append(csv_path)
         markdown += [f"## {table.dataset}", "", _markdown_table(header, rows), ""]
         html_parts.append(f"<h2>{html.escape(table.dataset)}</h2>{_html_table(header, rows)}")
+        warning_lines = [
+            f"⚠ {table.labels.get(config_hash, config_hash[:12])}: {warning}"
+            for config_hash in sorted(table.warnings, key=lambda h: table.labels.get(h, h))
+            for warning in table.warnings[config_hash]
+        ]
+        if warning_lines:
+            markdown += ["Warnings stored with these runs:", ""] + [f"- {line}" for line in warning_lines] + [""]
+            html_parts.append(
+                "<p>Warnings stored with these runs:</p><ul>"
+                + "".join(f"<li>{html.escape(line)}</li>" for line in warning_lines)
+                + "</ul>"
+            )
         excluded = int(table.summary["excluded_queries"].max())
         if excluded:
             note = f"{excluded} queries per run had no other item of their class and were excluded from the metrics."

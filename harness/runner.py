@@ -18,7 +18,8 @@ from harness.config import (
     resolve_config,
     run_id_for,
 )
-from harness.data import DATASETS
+from harness.data import DATASETS, DataLocation, check_data_config, checked_dataset
+from harness.benchmark_datasets import BENCHMARKS
 from harness.environment import describe_environment
 from harness.errors import ConfigError, HarnessError
 from harness.model import build_model
@@ -35,6 +36,7 @@ class PlannedRun:
     seed: int
     run_id: str
     protocol_path: str
+    location: DataLocation = DataLocation()
 
 
 @dataclass
@@ -48,6 +50,7 @@ class RunSummary:
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -81,27 +84,40 @@ def seed_list(seeds: int | None, seed: int | None) -> list[int]:
 
 
 def plan_runs(
-    loss_names: list[str], dataset: str, seeds: list[int], protocol: str | None, set_items: list[str]
+    loss_names: list[str],
+    dataset: str,
+    seeds: list[int],
+    protocol: str | None,
+    set_items: list[str],
+    location: DataLocation | None = None,
 ) -> list[PlannedRun]:
-    """Check every input and return the runs to execute, before any training starts."""
+    """Check every input and return the runs to execute, before any training starts.
+
+    For a photo dataset this parses its lists and checks that every listed
+    file exists inside the dataset folder, once per process.
+    """
+    location = location or DataLocation()
     if dataset not in DATASETS:
         raise ConfigError(f"--dataset: unknown dataset '{dataset}'; available datasets: {', '.join(DATASETS)}.")
     loaded = load_protocol(protocol, dataset)
     overrides = parse_overrides(set_items)
     check_overrides(overrides, loss_names)
+    if dataset in BENCHMARKS:
+        checked_dataset(dataset, location.data_root)
 
     planned = []
     checked_models = set()
     for loss_name in loss_names:
         config = resolve_config(loaded, dataset, loss_name, overrides)
         resolve_device(config.train.device)
+        check_data_config(config.data)
         if config.model not in checked_models:
             # Building the model once here turns a bad backbone, stride or
             # weights file into an error before any run starts.
             build_model(config.model)
             checked_models.add(config.model)
         for seed in seeds:
-            planned.append(PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path)))
+            planned.append(PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path), location))
     return planned
 
 
@@ -159,12 +175,19 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None) -> RunSu
     started = time.perf_counter()
     summary = RunSummary(planned.run_id, config.loss.name, planned.seed, FAILED)
     try:
-        outcome = train_and_evaluate(config, planned.seed, progress)
+        outcome = train_and_evaluate(config, planned.seed, progress, planned.location)
         write_parquet(run_dir / "history.parquet", pd.DataFrame(outcome.history))
         write_parquet(run_dir / "metrics.parquet", _metrics_frame(planned, outcome))
-        status.update(state=FINISHED, device=outcome.device, data=outcome.data_summary)
+        status.update(
+            state=FINISHED,
+            device=outcome.device,
+            data=outcome.data_summary,
+            warnings=outcome.warnings,
+            dataset_manifest=outcome.manifest,
+        )
         summary.state = FINISHED
         summary.metrics = dict(outcome.test.values)
+        summary.warnings = list(outcome.warnings)
     except KeyboardInterrupt:
         status.update(state=FAILED, reason="interrupted by the user (KeyboardInterrupt)")
         raise

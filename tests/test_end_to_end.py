@@ -70,8 +70,8 @@ def test_run_store_skip_and_report(runner, tmp_path):
     assert report.exit_code == 0, report.output
     markdown = (out / "report.md").read_text()
     assert "## digits" in markdown
-    assert "| sgsl | default | 2 | 0 |" in markdown
-    assert "| softmax | default | 2 | 0 |" in markdown
+    assert "| sgsl | default | 2 | 0 |  |" in markdown
+    assert "| softmax | default | 2 | 0 |  |" in markdown
     html = (out / "report.html").read_text()
     assert html.count("<table>") >= 2
     assert html.count("data:image/png;base64,") == 2
@@ -94,7 +94,7 @@ def test_failed_run_recorded_and_counted(runner, tmp_path, monkeypatch):
     results = tmp_path / "results"
     assert run_cli(runner, results, "--loss", "sgsl", "--seed", "0").exit_code == 0
 
-    def diverge(config, seed, progress=None):
+    def diverge(config, seed, progress=None, location=None):
         raise TrainingFailed("loss is nan at epoch 1, batch 3")
 
     monkeypatch.setattr("harness.runner.train_and_evaluate", diverge)
@@ -113,11 +113,11 @@ def test_failed_run_recorded_and_counted(runner, tmp_path, monkeypatch):
     assert report.exit_code == 0, report.output
     markdown = (out / "report.md").read_text()
     assert "1 finished run(s), 1 failed or unfinished." in markdown
-    assert "| sgsl | default | 1 | 1 |" in markdown
+    assert "| sgsl | default | 1 | 1 |  |" in markdown
 
 
 def test_user_error_during_run_stops_without_traceback(runner, tmp_path, monkeypatch):
-    def bad_input(config, seed, progress=None):
+    def bad_input(config, seed, progress=None, location=None):
         raise ConfigError("data root /nowhere not found")
 
     monkeypatch.setattr("harness.runner.train_and_evaluate", bad_input)
