@@ -67,8 +67,10 @@ def main() -> None:
     print()
     print(f"{'job':58} {'seconds':>8} {'target':>8}  verdict")
     for name, seconds, target in rows:
-        verdict = "" if target is None else ("within target" if seconds <= target else "OVER TARGET")
-        target_text = "" if target is None else f"{target:.0f}"
+        verdict, target_text = "", ""
+        if target is not None:
+            verdict = "within target" if seconds <= target else "OVER TARGET"
+            target_text = f"{target:.0f}"
         print(f"{name:58} {seconds:8.1f} {target_text:>8}  {verdict}")
 
 

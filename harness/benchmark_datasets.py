@@ -36,7 +36,7 @@ class PublishedCounts:
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
-    """Where a dataset lives below the data root, what it must contain, and its published counts."""
+    """A dataset's folder below the data root, its required files, source and published counts."""
 
     name: str
     folder: str

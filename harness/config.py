@@ -276,7 +276,7 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
 
     Raises:
         ConfigError: the file is missing, is not valid TOML, names another
-            dataset, or holds an unknown section or key or a value of the
+            dataset, or contains an unknown section or key or a value of the
             wrong type; the message names the file and, where known, the line.
     """
     path = locate_protocol(spec, dataset)
@@ -346,7 +346,7 @@ def parse_overrides(items: list[str]) -> dict[tuple[str, str], Any]:
     """Parse ``section.key=value`` strings, reading each value as TOML.
 
     A value that is not valid TOML (a bare word such as ``resnet18``) is kept
-    as a string; the type check later rejects it where a string is invalid.
+    as a string, and the type check later rejects it where a string is invalid.
     """
     overrides: dict[tuple[str, str], Any] = {}
     for item in items:
@@ -441,7 +441,7 @@ def resolve_config(
     """Combine a protocol, a loss and checked overrides into a frozen :class:`RunConfig`.
 
     Loss hyperparameters come from the loss's constructor defaults, then from
-    the protocol's ``[loss]`` table, then from overrides; a key that this loss
+    the protocol's ``[loss]`` table, then from overrides. A key that this loss
     does not take is skipped, since one protocol serves every loss.
     """
     if loss_name not in LOSSES:

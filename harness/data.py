@@ -35,7 +35,7 @@ from harness.images import (
 
 @dataclass(frozen=True)
 class DataLocation:
-    """Where photo datasets and their caches live on this machine (not part of the config)."""
+    """Data root and cache folder of photo datasets on this machine (not part of the config)."""
 
     data_root: Path | None = None
     cache_dir: Path | None = None
@@ -212,8 +212,8 @@ def load_benchmark_splits(
     held_out = math.ceil(config.val_fraction * len(train_classes)) if config.val_fraction > 0 else 0
     if held_out >= len(train_classes):
         raise ConfigError(
-            f"data.val_fraction: {config.val_fraction} holds out {held_out} of {len(train_classes)} training classes; "
-            "at least one must remain for training."
+            f"data.val_fraction: invalid value {config.val_fraction}: it holds out {held_out} of "
+            f"{len(train_classes)} training classes, and at least one must remain for training."
         )
     val_classes = set(train_classes[len(train_classes) - held_out :]) if held_out else set()
     val_entries = [entry for entry in train_entries if entry.class_id in val_classes]

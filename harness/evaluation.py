@@ -91,7 +91,7 @@ def ranked_neighbours(
             row in leave-one-out mode), or None.
 
     Ties are broken by the lower reference index. faiss returns tied items in
-    no defined order and may cut a tie at the k-th place, so one more
+    no defined order and may cut a tie at the k-th place. So one more
     neighbour than needed is requested, and a row whose tie reaches the end
     of the returned list is ranked again from its full score row.
     """

@@ -2,7 +2,7 @@
 
 Every image passes two stages. The first, deterministic stage decodes the
 file to RGB (grayscale and CMYK files included) and resizes it as the recipe
-says; its uint8 output is what the optional cache stores. The second stage
+specifies; the optional cache stores its uint8 output. The second stage
 crops, flips and normalizes. Random choices in the second stage come from a
 generator seeded by (run seed, epoch, image index), so they do not depend on
 the number of DataLoader workers.
@@ -37,7 +37,7 @@ class ImagePipeline:
             (H, W) resizes to exactly H x W.
         image_size: side of the square crop fed to the network.
         train_crop: ``random_crop`` crops the resized image at a random
-            place; ``random_resized_crop`` takes a random area (8-100%) and
+            place. ``random_resized_crop`` takes a random area (8-100%) and
             aspect ratio (3/4-4/3) of the decoded image and resizes it.
         flip: random horizontal flip in training.
         cached: read the first stage from the cache.
@@ -56,7 +56,7 @@ class ImagePipeline:
 
     @property
     def cache_is_deviation(self) -> bool:
-        """Tell whether caching changes the pixels that training sees.
+        """Tell whether caching changes the training pixels.
 
         Only an exact (H, W) resize followed by a random crop has a
         deterministic first stage that the cache can store unchanged.

@@ -1,6 +1,6 @@
 """Reports built from the result store alone: tables, curves and bars over seeds.
 
-The report reads finished runs (``status.json`` says ``finished``), groups
+The report reads finished runs (state ``finished`` in ``status.json``), groups
 them by dataset and configuration (config hash), and gives every metric as
 mean, standard deviation and 95% Student-t confidence interval over seeds,
 in percent. The same results folder always gives the same report.
@@ -384,7 +384,7 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
     """Write report.md, report.html, per-dataset CSVs and PNG figures; return the paths written.
 
     Raises:
-        HarnessError: the results folder holds no finished run.
+        HarnessError: the results folder contains no finished run.
     """
     contents = load_store(Path(results_dir))
     if contents.metrics.empty:

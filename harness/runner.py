@@ -41,7 +41,7 @@ class PlannedRun:
 
 @dataclass
 class RunSummary:
-    """What happened to one planned run."""
+    """Outcome of one planned run."""
 
     run_id: str
     loss: str

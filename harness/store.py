@@ -2,8 +2,8 @@
 
 Every file is written to a temporary name in the same folder and then
 renamed into place, so a crash never leaves a half-written file that a
-report would read. A run counts only when its ``status.json`` says
-``finished``.
+report would read. A run counts only when the state in its
+``status.json`` is ``finished``.
 """
 
 from __future__ import annotations
