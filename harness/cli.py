@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import HarnessError
@@ -22,18 +24,21 @@ output = Console()
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 @app.command()
 def run(
-    loss: str = typer.Option(..., "--loss", help="Loss name, or several separated by commas (run one after another)."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name; `harness datasets` lists them."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Loss name, or several separated by commas (run one after another)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name; `harness datasets` lists them."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Run seeds 0..N-1, each as its own run."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run this one seed. Default without --seeds: seed 0."),
     protocol: Optional[str] = typer.Option(
-        None, "--protocol", help="Shipped protocol name or path of a protocol TOML file. Default: 'default'."
+        None,
+        "--protocol",
+        help="Shipped protocol name, a protocol TOML file, or a folder with <dataset>.toml. "
+        "Default: 'default' for digits, 'sgsl-paper' for the photo datasets.",
     ),
     set_items: list[str] = typer.Option(
         [], "--set", help="Override a protocol value, SECTION.KEY=VALUE parsed as TOML (e.g. train.epochs=3). Repeatable."
@@ -45,21 +50,39 @@ def run(
     cache_dir: Optional[Path] = typer.Option(
         None, "--cache-dir", help="Folder for decoded-image caches (data.cache). Default: $HARNESS_CACHE_DIR or ~/.cache/dml-harness."
     ),
+    pretrained: Optional[Path] = typer.Option(
+        None, "--pretrained", help="Local backbone weights file (sets model.pretrained); read as tensors only."
+    ),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue the interrupted run RUN_ID from its last epoch checkpoint."
+    ),
     force: bool = typer.Option(False, "--force", help="Rerun runs that already finished."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or tables; one line per run."),
 ) -> None:
     """Train and evaluate losses on a dataset over seeds, storing one folder per run."""
     from harness.data import DataLocation
-    from harness.runner import execute_run, parse_loss_names, plan_runs, seed_list
+    from harness.runner import execute_run, parse_loss_names, plan_runs, resume_run, seed_list
     from harness.progress import NullProgress, RichProgress
     from harness.store import FINISHED, ResultStore
 
     try:
-        loss_names = parse_loss_names(loss)
-        seed_values = seed_list(seeds, seed)
         location = DataLocation(data_root, cache_dir)
-        planned = plan_runs(loss_names, dataset, seed_values, protocol, set_items, location)
         store = ResultStore(results_dir)
+        if resume:
+            if loss or dataset or seeds is not None or seed is not None or protocol or set_items or pretrained:
+                raise HarnessError(
+                    "--resume continues a run with its stored config; pass only --resume RUN_ID "
+                    "(with --results-dir, --data-root or --cache-dir where needed)."
+                )
+            planned = [resume_run(resume, store, location)]
+        else:
+            if not loss or not dataset:
+                raise HarnessError("--loss and --dataset are required (or --resume RUN_ID). See harness run --help.")
+            loss_names = parse_loss_names(loss)
+            seed_values = seed_list(seeds, seed)
+            if pretrained is not None:
+                set_items = [*set_items, f"model.pretrained={json.dumps(str(pretrained))}"]
+            planned = plan_runs(loss_names, dataset, seed_values, protocol, set_items, location)
         store.ensure_writable()
     except HarnessError as error:
         _fail(error)
@@ -68,11 +91,11 @@ def run(
     summaries = []
     for index, item in enumerate(planned, start=1):
         prefix = f"[{index}/{len(planned)}] {item.run_id}"
-        if not force and store.is_finished(item.run_id):
-            console.print(f"{prefix}: already finished, skipped (--force reruns it)", highlight=False, soft_wrap=True)
+        if not force and not resume and store.is_finished(item.run_id):
+            console.print(f"{escape(prefix)}: already finished, skipped (--force reruns it)", highlight=False, soft_wrap=True)
             continue
         try:
-            summary = execute_run(item, store, progress)
+            summary = execute_run(item, store, progress, resume=bool(resume))
         except HarnessError as error:
             _fail(error)
         except KeyboardInterrupt:
@@ -80,7 +103,7 @@ def run(
             raise typer.Exit(code=130)
         summaries.append(summary)
         for warning in summary.warnings:
-            console.print(f"{prefix}: [yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            console.print(f"{escape(prefix)}: [yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         if summary.state == FINISHED:
             recall = summary.metrics.get("recall@1", float("nan"))
             console.print(
@@ -91,7 +114,11 @@ def run(
             if not quiet:
                 _print_run_table(summary)
         else:
-            console.print(f"{prefix}: [red]failed[/] after {summary.seconds:.1f} s: {summary.reason}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{escape(prefix)}: [red]failed[/] after {summary.seconds:.1f} s: {escape(summary.reason)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     failed = [s for s in summaries if s.state != FINISHED]
     console.print(
@@ -156,6 +183,77 @@ def datasets() -> None:
     output.print(table)
 
 
+# Settings that control how the harness runs or reports, not what a paper or recipe trains.
+HARNESS_SETTINGS = {
+    "data.cache",
+    "data.num_workers",
+    "model.channels_last",
+    "model.compile",
+    "train.device",
+    "eval.batch_size",
+    "eval.every_epochs",
+    "eval.embedding_dtype",
+    "eval.kmeans_restarts",
+    "eval.nmi",
+    "eval.selection_metric",
+}
+
+protocol_app = typer.Typer(no_args_is_help=True, help="List and inspect protocols.")
+app.add_typer(protocol_app, name="protocol")
+
+
+@protocol_app.command("list")
+def protocol_list() -> None:
+    """List the shipped protocols with the datasets they cover."""
+    from harness.config import DEFAULT_PROTOCOLS, load_protocol, shipped_protocols
+
+    table = Table(title="protocols")
+    for column in ("name", "datasets", "default for", "description"):
+        table.add_column(column)
+    for name, covered in shipped_protocols().items():
+        description = load_protocol(name, covered[0]).description
+        defaults = [dataset for dataset, default in DEFAULT_PROTOCOLS.items() if default == name]
+        table.add_row(name, ", ".join(covered), ", ".join(defaults), description)
+    output.print(table)
+
+
+@protocol_app.command("show")
+def protocol_show(
+    name: str = typer.Argument(..., help="Shipped protocol name or path of a protocol TOML file."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset whose protocol file to show."),
+    loss: str = typer.Option("sgsl", "--loss", help="Loss whose hyperparameters to resolve."),
+) -> None:
+    """Print a protocol resolved for a dataset and loss, with every assumed value highlighted."""
+    from harness.config import load_protocol, resolve_config
+
+    try:
+        loaded = load_protocol(name, dataset)
+        config = resolve_config(loaded, dataset, loss, {})
+    except HarnessError as error:
+        _fail(error)
+    table = Table(title=f"{loaded.name} v{loaded.version} for {dataset} ({loaded.path})")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("source")
+    for key, value in config.flat().items():
+        if key in ("data.dataset", "loss.name"):
+            continue
+        reason = loaded.assumed.get(key)
+        style = "bold yellow" if reason else None
+        if reason:
+            source = f"assumed: {reason}"
+        elif key in HARNESS_SETTINGS:
+            source = "harness setting, not part of the recipe"
+        else:
+            source = "from the source"
+        table.add_row(key, json.dumps(value), source, style=style)
+    output.print(table)
+    output.print(
+        f"{len(loaded.assumed)} assumed setting(s); config hash {config.config_hash[:12]} for loss {loss}.",
+        highlight=False,
+    )
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Check photo datasets on disk.")
 app.add_typer(data_app, name="data")
 
@@ -195,7 +293,7 @@ def data_check(
     output.print(table)
     if problems:
         for problem in problems[:50]:
-            output.print(f"[red]{problem.kind}:[/] {problem.message}", highlight=False, soft_wrap=True)
+            output.print(f"[red]{problem.kind}:[/] {escape(problem.message)}", highlight=False, soft_wrap=True)
         if len(problems) > 50:
             output.print(f"... and {len(problems) - 50} more problem(s)", highlight=False)
         output.print(f"[bold red]{len(problems)} problem(s) found.[/]", highlight=False)

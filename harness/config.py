@@ -83,6 +83,9 @@ class ModelConfig:
         "bn_relu drops the last block's final normalization and activation; relu drops only the activation",
         choices=("bn_relu", "relu"),
     )
+    layer_norm: bool = _setting(False, "LayerNorm without affine parameters on the pooled features")
+    channels_last: bool = _setting(False, "run the backbone in channels-last memory format")
+    compile: bool = _setting(False, "wrap the model in torch.compile")
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,35 @@ class LossConfig:
 class TrainConfig:
     """Optimizer and length of training."""
 
-    epochs: int = _setting(8, "number of training epochs", minimum=1)
+    epochs: int = _setting(8, "number of training epochs, warm-up epochs included", minimum=1)
+    warmup_epochs: int = _setting(
+        0, "first epochs that train only the new parameters (head, loss); the backbone is frozen", minimum=0
+    )
     optimizer: str = _setting("adamw", "optimizer", choices=("sgd", "adam", "adamw"))
-    lr: float = _setting(1e-3, "base learning rate of the backbone and embedding head", minimum=0)
+    lr: float = _setting(1e-3, "base learning rate of the backbone", minimum=0)
+    head_lr_multiplier: float = _setting(1.0, "learning rate of the embedding head relative to train.lr", minimum=0)
     weight_decay: float = _setting(1e-4, "weight decay", minimum=0)
     momentum: float = _setting(0.9, "SGD momentum", minimum=0)
+    adam_eps: float = _setting(1e-8, "epsilon of Adam and AdamW", minimum=0)
+    schedule: str = _setting(
+        "constant",
+        "learning-rate schedule per epoch: constant, step (x lr_decay every step_size epochs), "
+        "multistep (x lr_decay after each epoch in milestones) or cosine (to 0 at the last epoch)",
+        choices=("constant", "step", "multistep", "cosine"),
+    )
+    lr_decay: float = _setting(0.1, "factor of the step and multistep schedules", minimum=0)
+    step_size: int = _setting(10, "epochs between decays of the step schedule", minimum=1)
+    milestones: tuple[int, ...] = _setting((1000,), "epochs after which the multistep schedule decays", minimum=1)
+    grad_clip_norm: float = _setting(0.0, "clip the gradient norm to this value; 0 disables", minimum=0)
+    grad_clip_value: float = _setting(0.0, "clip each gradient element to +-this value; 0 disables", minimum=0)
+    freeze_bn: str = _setting(
+        "none",
+        "BatchNorm of the backbone: none, stats (running statistics frozen) or stats_affine (also scale and shift)",
+        choices=("none", "stats", "stats_affine"),
+    )
+    precision: str = _setting(
+        "auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16")
+    )
     device: str = _setting("auto", "auto (CUDA if available, else CPU), cpu or cuda", choices=("auto", "cpu", "cuda"))
 
 
@@ -120,12 +147,30 @@ class EvalConfig:
         3, "k-means runs for NMI; the lowest objective is kept (pytorch-metric-learning runs 1)", minimum=1
     )
     batch_size: int = _setting(256, "batch size for computing embeddings", minimum=1)
+    every_epochs: int = _setting(
+        1, "evaluate validation and test splits every this many epochs for model selection; 0 only at the end", minimum=0
+    )
+    selection: str = _setting(
+        "last",
+        "primary model selection, whose embeddings are stored: last, best-val or best-test (optimistic)",
+        choices=("last", "best-val", "best-test"),
+    )
+    selection_metric: str = _setting("recall@1", "metric that best-val and best-test maximize")
+    embedding_dtype: str = _setting(
+        "float16", "dtype of stored embeddings; metrics are computed from them as stored", choices=("float16", "float32")
+    )
 
 
 # Settings that cannot change a run's numbers beyond float rounding and are
 # left out of the config hash, so that one run id covers them.
 # The cache is left out too unless it changes the training pixels.
-HASH_EXCLUDED = {("train", "device"), ("eval", "batch_size"), ("data", "num_workers")}
+HASH_EXCLUDED = {
+    ("train", "device"),
+    ("eval", "batch_size"),
+    ("data", "num_workers"),
+    ("model", "channels_last"),
+    ("model", "compile"),
+}
 
 SECTION_TYPES: dict[str, type] = {
     "data": DataConfig,
@@ -154,13 +199,30 @@ class RunConfig:
         """Return the config as plain JSON-compatible data."""
         result = dataclasses.asdict(self)
         result["loss"]["hyperparameters"] = dict(self.loss.hyperparameters)
-        result["eval"]["k"] = list(self.eval.k)
-        result["data"]["resize"] = list(self.data.resize)
+        for section in SECTIONS:
+            for key, value in result[section].items():
+                if isinstance(value, tuple):
+                    result[section][key] = list(value)
         return result
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Rebuild a config from :meth:`to_dict` output, as stored in a run's config.json."""
+        sections = {}
+        for section, section_type in SECTION_TYPES.items():
+            hints = typing.get_type_hints(section_type)
+            values = dict(data[section])
+            if section == "loss":
+                values["hyperparameters"] = tuple(sorted(values["hyperparameters"].items()))
+            known = {f.name for f in dataclasses.fields(section_type)}
+            kwargs = {key: _coerce(value, hints[key]) for key, value in values.items() if key in known}
+            sections[section] = section_type(**kwargs)
+        return cls(protocol=data["protocol"], protocol_version=data["protocol_version"], **sections)
 
     def hash_payload(self) -> dict[str, Any]:
         """Return the part of the config that the hash covers."""
         payload = {section: dict(self.to_dict()[section]) for section in SECTIONS}
+        payload["protocol"] = {"name": self.protocol, "version": self.protocol_version}
         for section, key in HASH_EXCLUDED:
             payload[section].pop(key, None)
         if not self.data.cache_is_deviation:
@@ -223,6 +285,8 @@ class Protocol:
     version: str
     path: Path
     sections: dict[str, dict[str, Any]]
+    assumed: dict[str, str] = field(default_factory=dict)
+    description: str = ""
 
 
 def shipped_protocols() -> dict[str, list[str]]:
@@ -236,9 +300,13 @@ def shipped_protocols() -> dict[str, list[str]]:
     return found
 
 
+# The protocol each dataset runs under unless --protocol names another.
+DEFAULT_PROTOCOLS = {"digits": "default", "cub": "sgsl-paper", "cars": "sgsl-paper", "sop": "sgsl-paper", "inshop": "sgsl-paper"}
+
+
 def locate_protocol(spec: str | None, dataset: str) -> Path:
     """Find the protocol file for a dataset from a shipped name, a file path or a folder path."""
-    name = spec or "default"
+    name = spec or DEFAULT_PROTOCOLS.get(dataset, "default")
     shipped = shipped_protocols()
     if name in shipped:
         path = PROTOCOLS_DIR / name / f"{dataset}.toml"
@@ -290,6 +358,7 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
         raise ConfigError(f"protocol file {path} is not valid TOML: {message}.") from None
 
     header = raw.pop("protocol", {})
+    assumed = raw.pop("assumed", {})
     if not isinstance(header, dict) or "name" not in header or "version" not in header:
         raise ConfigError(f"protocol file {path} needs a [protocol] table with 'name' and 'version'.")
 
@@ -299,7 +368,7 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
             where = f" (line {line})" if line else ""
             raise ConfigError(
                 f"protocol file {path}{where}: unknown section '{section}'; "
-                f"allowed sections: protocol, {', '.join(SECTIONS)}."
+                f"allowed sections: protocol, assumed, {', '.join(SECTIONS)}."
             )
 
     file_dataset = raw.get("data", {}).get("dataset", dataset)
@@ -328,7 +397,21 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
                 continue
             check_setting(section, key, value, where)
 
-    return Protocol(name=str(header["name"]), version=str(header["version"]), path=path, sections=raw)
+    settable = set(setting_help()) | {f"loss.{key}" for key in all_loss_keys}
+    for key, reason in assumed.items():
+        if key not in settable or not isinstance(reason, str):
+            raise ConfigError(
+                f"protocol file {path}: [assumed] entry '{key}' must name a setting (section.key) "
+                "and give its reason as a string."
+            )
+    return Protocol(
+        name=str(header["name"]),
+        version=str(header["version"]),
+        path=path,
+        sections=raw,
+        assumed=dict(assumed),
+        description=str(header.get("description", "")),
+    )
 
 
 def _find_table_line(text: str, section: str) -> int | None:

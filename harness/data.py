@@ -274,6 +274,39 @@ def check_data_config(config: DataConfig) -> None:
         raise ConfigError(f"data.val_fraction: {config.val_fraction} must be below 1.")
 
 
+def check_batching(config: DataConfig, images: int, classes: int) -> None:
+    """Reject a batch size or sampler that the training split cannot fill."""
+    batch_size = config.batch_size
+    if images < batch_size:
+        raise ConfigError(f"data.batch_size: {batch_size} is larger than the training split ({images} images).")
+    if config.sampler != "class_balanced":
+        return
+    per_class = config.images_per_class
+    if batch_size % per_class:
+        raise ConfigError(f"data.images_per_class: {per_class} must divide data.batch_size ({batch_size}).")
+    if classes * per_class < batch_size:
+        raise ConfigError(
+            f"data.batch_size: {batch_size} needs {batch_size // per_class} classes with {per_class} images each "
+            f"(data.images_per_class), but the training split has {classes} classes. Lower data.batch_size to at "
+            f"most {classes * per_class} or raise data.images_per_class."
+        )
+
+
+def training_split_size(config: DataConfig, location: DataLocation | None = None) -> tuple[int, int]:
+    """Return (images, classes) of the training split without decoding images."""
+    if config.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        targets = load_digits().target
+        return int((targets <= 4).sum()), 5
+    parsed, _ = checked_dataset(config.dataset, (location or DataLocation()).data_root)
+    entries = parsed.split_entries("train")
+    classes = sorted({entry.class_id for entry in entries}, key=_class_order)
+    held_out = math.ceil(config.val_fraction * len(classes)) if config.val_fraction > 0 else 0
+    kept = set(classes[: len(classes) - held_out])
+    return sum(1 for entry in entries if entry.class_id in kept), len(kept)
+
+
 def load_splits(config: DataConfig, seed: int = 0, location: DataLocation | None = None, progress=None) -> Splits:
     """Load a dataset's splits and check that train, validation and test classes are disjoint."""
     if config.dataset not in DATASETS:

@@ -16,11 +16,12 @@ from harness.errors import ConfigError
 class EmbeddingModel(nn.Module):
     """Backbone feature map, then global pooling, then an optional bias-free linear embedding."""
 
-    def __init__(self, backbone: nn.Module, pooling: str, embedding_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, pooling: str, embedding_dim: int, layer_norm: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         feature_dim = backbone.num_features
+        self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False) if layer_norm else nn.Identity()
         self.embedding = nn.Linear(feature_dim, embedding_dim, bias=False) if embedding_dim else nn.Identity()
         self.embedding_dim = embedding_dim or feature_dim
 
@@ -32,7 +33,7 @@ class EmbeddingModel(nn.Module):
             pooled = feature_map.amax(dim=(2, 3))
         else:
             pooled = feature_map.mean(dim=(2, 3)) + feature_map.amax(dim=(2, 3))
-        return self.embedding(pooled)
+        return self.embedding(self.norm(pooled))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Return the parameters that are new on top of the backbone."""
@@ -110,7 +111,11 @@ def build_model(config: ModelConfig) -> EmbeddingModel:
     """Create the embedding model described by ``config``."""
     if not timm.is_model(config.backbone):
         similar = timm.list_models(f"*{config.backbone}*")[:8]
-        hint = f" Similar timm names: {', '.join(similar)}." if similar else ""
+        hint = (
+            f" Similar timm names: {', '.join(similar)}."
+            if similar
+            else " List names with: python -c \"import timm; print(timm.list_models('resnet*'))\"."
+        )
         raise ConfigError(f"model.backbone: '{config.backbone}' is not a timm model name.{hint}")
     kwargs = {"pretrained": False, "num_classes": 0, "global_pool": ""}
     if config.output_stride != 32:
@@ -118,15 +123,31 @@ def build_model(config: ModelConfig) -> EmbeddingModel:
     try:
         backbone = timm.create_model(config.backbone, **kwargs)
     except (TypeError, AssertionError, ValueError) as error:
+        reason = f": {error}" if str(error) else ""
         raise ConfigError(
-            f"model: timm cannot build '{config.backbone}' with output_stride={config.output_stride}: {error}"
+            f"model: timm cannot build '{config.backbone}' with output_stride={config.output_stride}{reason}. "
+            "timm ResNets accept 8, 16 or 32."
         ) from None
 
     if config.pretrained:
         load_backbone_weights(backbone, config.pretrained)
     if config.rbr:
         apply_rbr(backbone, config.rbr_variant)
-    return EmbeddingModel(backbone, config.pooling, config.embedding_dim)
+    model = EmbeddingModel(backbone, config.pooling, config.embedding_dim, config.layer_norm)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def file_sha256(path: str) -> str:
+    """Return the sha256 of a file as hex, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def l2_normalize(embeddings: torch.Tensor) -> torch.Tensor:

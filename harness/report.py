@@ -44,6 +44,7 @@ class RunRecord:
     flat_config: dict
     status: dict
     env: dict
+    assumed: dict
 
 
 @dataclass
@@ -91,6 +92,7 @@ def load_store(results_dir: Path) -> StoreContents:
             flat_config=_flatten(config_file["config"]),
             status=status,
             env=read_json(env_path) if env_path.exists() else {},
+            assumed=config_file.get("assumed", {}),
         )
         if record.state == FINISHED and store.is_finished(run_id):
             metrics.append(pd.read_parquet(run_dir / "metrics.parquet"))
@@ -175,7 +177,7 @@ class DatasetTable:
 def build_tables(contents: StoreContents) -> list[DatasetTable]:
     """Aggregate finished runs over seeds, one table per dataset."""
     tables = []
-    metrics = contents.metrics
+    metrics = primary_rows(contents.metrics)
     for dataset in sorted(metrics["dataset"].unique()):
         subset = metrics[metrics["dataset"] == dataset]
         records = [r for r in contents.records if r.flat_config.get("data.dataset") == dataset]
@@ -206,13 +208,78 @@ def build_tables(contents: StoreContents) -> list[DatasetTable]:
             }
             row.update(summarize(group["value"].to_numpy() * 100.0))
             rows.append(row)
+        for config_hash, count in failed.items():
+            if config_hash not in set(subset["config_hash"]):
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "configuration": labels.get(config_hash, config_hash[:12]),
+                        "loss": next(r.flat_config["loss.name"] for r in records if r.config_hash == config_hash),
+                        "protocol": next(r.config.get("protocol", "") for r in records if r.config_hash == config_hash),
+                        "config_hash": config_hash,
+                        "metric": "",
+                        "seeds": "",
+                        "k_clipped": False,
+                        "excluded_queries": 0,
+                        "failed_runs": count,
+                        "n": 0,
+                        "mean": math.nan,
+                        "std": math.nan,
+                        "ci_low": math.nan,
+                        "ci_high": math.nan,
+                    }
+                )
         summary = pd.DataFrame(rows)
-        metric_names = sorted(summary["metric"].unique(), key=_metric_order)
+        metric_names = sorted((m for m in summary["metric"].unique() if m), key=_metric_order)
         tables.append(DatasetTable(dataset, summary, metric_names, labels, failed, warnings))
     return tables
 
 
+def primary_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Keep each run's primary model selection (the last epoch for runs stored without one)."""
+    if "primary" not in metrics.columns:
+        return metrics[metrics["selection"] == "last"]
+    return metrics[metrics["primary"].astype(bool)]
+
+
+def selection_gaps(contents: StoreContents, table: DatasetTable, metric: str = "recall@1") -> tuple[list[str], list[list[str]]]:
+    """Compare model selections per configuration: mean metric over seeds and the gap to the last epoch."""
+    metrics = contents.metrics
+    subset = metrics[(metrics["dataset"] == table.dataset) & (metrics["metric"] == metric)]
+    header = ["configuration", "selection", "n", f"{metric} (%)", "gap to last (points)", "mean epoch"]
+    rows = []
+    for config_hash in sorted(subset["config_hash"].unique(), key=lambda h: table.labels.get(h, h)):
+        part = subset[subset["config_hash"] == config_hash]
+        last = part[part["selection"] == "last"]["value"].mean() * 100
+        for selection in ("last", "best-val", "best-test"):
+            rows_of = part[part["selection"] == selection]
+            if rows_of.empty:
+                continue
+            mean = rows_of["value"].mean() * 100
+            name = selection + (" (optimistic: selected on the test split)" if selection == "best-test" else "")
+            epoch = f"{rows_of['epoch'].mean():.1f}" if "epoch" in rows_of.columns else ""
+            rows.append(
+                [table.labels.get(config_hash, config_hash[:12]), name, str(len(rows_of)), f"{mean:.2f}", f"{mean - last:+.2f}", epoch]
+            )
+    return header, rows
+
+
+def assumption_lines(contents: StoreContents, dataset: str) -> list[str]:
+    """Return 'protocol: setting = value (reason)' for every assumed setting behind a dataset's runs."""
+    lines = set()
+    for record in contents.records:
+        if record.state != FINISHED or record.flat_config.get("data.dataset") != dataset:
+            continue
+        protocol = record.config.get("protocol", "")
+        for key, reason in record.assumed.items():
+            value = json.dumps(record.flat_config.get(key))
+            lines.add(f"{protocol}: {key} = {value}. {reason}")
+    return sorted(lines)
+
+
 def _cell(row: pd.Series) -> str:
+    if math.isnan(row["mean"]):
+        return "no finished run"
     text = f"{row['mean']:.2f}"
     if not math.isnan(row["std"]):
         text += f" ± {row['std']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
@@ -229,6 +296,10 @@ def table_rows(table: DatasetTable) -> tuple[list[str], list[list[str]]]:
     for config_hash in sorted(summary["config_hash"].unique(), key=lambda h: table.labels.get(h, h)):
         part = summary[summary["config_hash"] == config_hash].set_index("metric")
         first = part.iloc[0]
+        if first["n"] == 0:
+            row = [str(first["configuration"]), str(first["protocol"]), "0", str(int(first["failed_runs"])), ""]
+            rows.append(row + ["no finished run"] * len(table.metrics))
+            continue
         cells = [
             str(first["configuration"]),
             str(first["protocol"]),
@@ -317,7 +388,7 @@ def plot_recall_bars(table: DatasetTable, path: Path) -> bool:
     axis.set_ylabel("Recall@K (%)")
     axis.set_ylim(0, 100)
     axis.set_title(f"{table.dataset}: Recall@K (mean over seeds, error bar = 95% CI)")
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
@@ -373,7 +444,7 @@ def _package_sets(contents: StoreContents) -> list[str]:
 
 
 NOTES = (
-    "Values are percent: mean ± sample standard deviation over seeds, then the 95% Student-t "
+    "Tables show each run's primary model selection (named by its protocol). Values are percent: mean ± sample standard deviation over seeds, then the 95% Student-t "
     "confidence interval of the mean in brackets (none for a single seed). n is the number of "
     "finished seeds; failed runs are counted separately and excluded. † marks a Recall@K whose K "
     "exceeds the number of retrievable items, so K was clipped to it."
@@ -386,6 +457,11 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
     Raises:
         HarnessError: the results folder contains no finished run.
     """
+    if not (Path(results_dir) / "runs").is_dir():
+        raise HarnessError(
+            f"results folder {Path(results_dir) / 'runs'} does not exist. Pass --results-dir with the folder "
+            "given to harness run, or make runs first: harness run --loss sgsl --dataset digits --seeds 5"
+        )
     contents = load_store(Path(results_dir))
     if contents.metrics.empty:
         failed = sum(1 for r in contents.records if r.state != FINISHED)
@@ -395,7 +471,12 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
             "harness run --loss sgsl,softmax,l2softmax,normsoftmax --dataset digits --seeds 5"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HarnessError(
+            f"report folder {out_dir} cannot be created ({error.strerror}). Pass --out with a folder you can write to."
+        ) from None
     tables = build_tables(contents)
     written: list[Path] = []
 
@@ -423,6 +504,18 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
                 "<p>Warnings stored with these runs:</p><ul>"
                 + "".join(f"<li>{html.escape(line)}</li>" for line in warning_lines)
                 + "</ul>"
+            )
+        gap_header, gap_rows = selection_gaps(contents, table)
+        if gap_rows:
+            title = "Model selection: the primary selection above, and the epochs other rules would pick"
+            markdown += [f"### {title}", "", _markdown_table(gap_header, gap_rows), ""]
+            html_parts.append(f"<h3>{html.escape(title)}</h3>{_html_table(gap_header, gap_rows)}")
+        assumptions = assumption_lines(contents, table.dataset)
+        if assumptions:
+            title = f"Assumed settings behind these numbers ({len(assumptions)})"
+            markdown += [f"### {title}", ""] + [f"- {line}" for line in assumptions] + [""]
+            html_parts.append(
+                f"<h3>{html.escape(title)}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in assumptions) + "</ul>"
             )
         excluded = int(table.summary["excluded_queries"].max())
         if excluded:
@@ -455,7 +548,7 @@ def build_report(results_dir: Path, out_dir: Path) -> list[Path]:
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left}th{background:#eee}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#eee}"
         "img{max-width:100%}"
     )
     html_path.write_text(

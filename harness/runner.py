@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.benchmark_datasets import BENCHMARKS
 from harness.config import (
     RunConfig,
     check_overrides,
@@ -18,13 +19,12 @@ from harness.config import (
     resolve_config,
     run_id_for,
 )
-from harness.data import DATASETS, DataLocation, check_data_config, checked_dataset
-from harness.benchmark_datasets import BENCHMARKS
+from harness.data import DATASETS, DataLocation, check_batching, check_data_config, checked_dataset, training_split_size
 from harness.environment import describe_environment
 from harness.errors import ConfigError, HarnessError
-from harness.model import build_model
-from harness.store import FAILED, FINISHED, RUNNING, ResultStore, write_json, write_parquet
-from harness.training import TrainingOutcome, resolve_device, train_and_evaluate
+from harness.model import build_model, file_sha256
+from harness.store import FAILED, FINISHED, RUNNING, ResultStore, read_json, write_json, write_npz, write_parquet
+from harness.training import TrainingOutcome, check_train_config, resolve_device, train_and_evaluate
 from losses import LOSSES
 
 
@@ -37,6 +37,7 @@ class PlannedRun:
     run_id: str
     protocol_path: str
     location: DataLocation = DataLocation()
+    assumed: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,7 +65,8 @@ def parse_loss_names(text: str) -> list[str]:
         raise ConfigError(f"--loss: no loss name given; available losses: {', '.join(LOSSES)}.")
     unknown = [name for name in names if name not in LOSSES]
     if unknown:
-        raise ConfigError(f"--loss: unknown loss {', '.join(unknown)}; available losses: {', '.join(LOSSES)}.")
+        names = ", ".join(f"'{name}'" for name in unknown)
+        raise ConfigError(f"--loss: unknown loss {names}; available losses: {', '.join(LOSSES)}.")
     return list(dict.fromkeys(names))
 
 
@@ -111,43 +113,65 @@ def plan_runs(
         config = resolve_config(loaded, dataset, loss_name, overrides)
         resolve_device(config.train.device)
         check_data_config(config.data)
+        check_train_config(config.train)
+        check_batching(config.data, *training_split_size(config.data, location))
         if config.model not in checked_models:
             # Building the model once here turns a bad backbone, stride or
             # weights file into an error before any run starts.
             build_model(config.model)
             checked_models.add(config.model)
         for seed in seeds:
-            planned.append(PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path), location))
+            planned.append(
+                PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path), location, loaded.assumed)
+            )
     return planned
 
 
 def _metrics_frame(planned: PlannedRun, outcome: TrainingOutcome) -> pd.DataFrame:
     config = planned.config
     rows = []
-    for metric, value in outcome.test.values.items():
-        k = int(metric.split("@")[1]) if metric.startswith("recall@") else None
-        rows.append(
-            {
-                "run_id": planned.run_id,
-                "loss": config.loss.name,
-                "dataset": config.data.dataset,
-                "protocol": config.protocol,
-                "config_hash": config.config_hash,
-                "seed": planned.seed,
-                "split": "test",
-                "selection": "last",
-                "metric": metric,
-                "value": float(value),
-                "excluded_queries": outcome.test.excluded_queries,
-                "num_queries": outcome.test.num_queries,
-                "k_clipped": k is not None and k in outcome.test.clipped_k,
-            }
-        )
+    for selection, selected in outcome.selections.items():
+        for metric, value in selected.test.values.items():
+            k = int(metric.split("@")[1]) if metric.startswith("recall@") else None
+            rows.append(
+                {
+                    "run_id": planned.run_id,
+                    "loss": config.loss.name,
+                    "dataset": config.data.dataset,
+                    "protocol": config.protocol,
+                    "config_hash": config.config_hash,
+                    "seed": planned.seed,
+                    "split": "test",
+                    "selection": selection,
+                    "epoch": selected.epoch,
+                    "primary": selection == config.eval.selection,
+                    "optimistic": selection == "best-test",
+                    "metric": metric,
+                    "value": float(value),
+                    "excluded_queries": selected.test.excluded_queries,
+                    "num_queries": selected.test.num_queries,
+                    "k_clipped": k is not None and k in selected.test.clipped_k,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def execute_run(planned: PlannedRun, store: ResultStore, progress=None) -> RunSummary:
+def _run_warnings(config: RunConfig) -> list[str]:
+    """Return warnings that follow from the config alone."""
+    warnings = []
+    if config.data.dataset in BENCHMARKS and not config.model.pretrained:
+        warnings.append(
+            "the backbone started from random initialization (no model.pretrained weights), "
+            "so the numbers are not comparable with published ones"
+        )
+    return warnings
+
+
+def execute_run(planned: PlannedRun, store: ResultStore, progress=None, resume: bool = False) -> RunSummary:
     """Train, evaluate and store one run; a failure is recorded, not raised.
+
+    Each epoch ends with a checkpoint in the run folder; ``resume`` continues
+    from it. The checkpoint is removed when the run finishes.
 
     Raises:
         HarnessError: a user error that would fail every run in the same way.
@@ -155,7 +179,10 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None) -> RunSu
     """
     run_dir = store.run_dir(planned.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.clear_outputs(planned.run_id)
+    checkpoint = run_dir / "checkpoint.pt"
+    if not resume:
+        store.clear_outputs(planned.run_id)
+        checkpoint.unlink(missing_ok=True)
     config = planned.config
     device = str(resolve_device(config.train.device))
     write_json(
@@ -165,29 +192,48 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None) -> RunSu
             "seed": planned.seed,
             "config_hash": config.config_hash,
             "protocol_path": planned.protocol_path,
+            "assumed": planned.assumed,
             "config": config.to_dict(),
         },
     )
-    write_json(run_dir / "env.json", describe_environment(device))
+    environment = describe_environment(device)
+    if config.model.pretrained:
+        environment["pretrained"] = {"path": config.model.pretrained, "sha256": file_sha256(config.model.pretrained)}
+    write_json(run_dir / "env.json", environment)
+    previous = store.status(planned.run_id) or {}
     status = {"run_id": planned.run_id, "state": RUNNING, "started_at": _now(), "device": device}
+    if resume:
+        status["resumed_from"] = previous.get("reason", "an interrupted run")
     write_json(run_dir / "status.json", status)
 
     started = time.perf_counter()
     summary = RunSummary(planned.run_id, config.loss.name, planned.seed, FAILED)
     try:
-        outcome = train_and_evaluate(config, planned.seed, progress, planned.location)
+        outcome = train_and_evaluate(config, planned.seed, progress, planned.location, checkpoint, resume)
+        warnings = _run_warnings(config) + outcome.warnings
+        primary = outcome.selections.get(config.eval.selection)
+        if primary is None:
+            warnings.append(
+                f"eval.selection '{config.eval.selection}' has no evaluated epoch (no validation split, or "
+                "eval.every_epochs = 0); the stored embeddings are the last epoch's"
+            )
+            primary = outcome.selections["last"]
+        for split, arrays in primary.arrays.items():
+            write_npz(run_dir / "embeddings" / f"{split}.npz", arrays)
         write_parquet(run_dir / "history.parquet", pd.DataFrame(outcome.history))
         write_parquet(run_dir / "metrics.parquet", _metrics_frame(planned, outcome))
         status.update(
             state=FINISHED,
             device=outcome.device,
             data=outcome.data_summary,
-            warnings=outcome.warnings,
+            warnings=warnings,
             dataset_manifest=outcome.manifest,
+            selections={name: selected.epoch for name, selected in outcome.selections.items()},
         )
         summary.state = FINISHED
         summary.metrics = dict(outcome.test.values)
-        summary.warnings = list(outcome.warnings)
+        summary.warnings = warnings
+        checkpoint.unlink(missing_ok=True)
     except KeyboardInterrupt:
         status.update(state=FAILED, reason="interrupted by the user (KeyboardInterrupt)")
         raise
@@ -205,6 +251,33 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None) -> RunSu
         write_json(run_dir / "status.json", status)
         summary.seconds = elapsed
     return summary
+
+
+def resume_run(run_id: str, store: ResultStore, location: DataLocation) -> PlannedRun:
+    """Rebuild the planned run of an interrupted run folder from its config.json.
+
+    Raises:
+        HarnessError: the run does not exist, already finished, or has no checkpoint.
+    """
+    run_dir = store.run_dir(run_id)
+    if not (run_dir / "config.json").exists():
+        known = ", ".join(store.run_ids()[:5]) or "none"
+        raise HarnessError(f"--resume: no run '{run_id}' in {store.runs_dir} (runs there: {known}).")
+    if store.is_finished(run_id):
+        raise HarnessError(f"--resume: run '{run_id}' already finished; use --force with the original options to rerun it.")
+    if not (run_dir / "checkpoint.pt").exists():
+        raise HarnessError(
+            f"--resume: run '{run_id}' has no checkpoint (it stopped before its first epoch ended); "
+            "start it again without --resume."
+        )
+    stored = read_json(run_dir / "config.json")
+    config = RunConfig.from_dict(stored["config"])
+    if config.config_hash != stored["config_hash"]:
+        raise HarnessError(
+            f"--resume: the config of run '{run_id}' no longer hashes to {stored['config_hash'][:12]} with this "
+            "version of the harness, so it cannot be continued exactly; start it again."
+        )
+    return PlannedRun(config, int(stored["seed"]), run_id, stored["protocol_path"], location, stored.get("assumed", {}))
 
 
 def results_dir_default() -> Path:

@@ -51,6 +51,17 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     _atomic_write(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
 
+def write_npz(path: Path, arrays: dict) -> None:
+    """Write arrays to an uncompressed .npz file atomically."""
+    import numpy as np
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    _atomic_write(path, write)
+
+
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -104,5 +115,9 @@ class ResultStore:
 
     def clear_outputs(self, run_id: str) -> None:
         """Remove a run's result files before it is run again."""
-        for name in ("metrics.parquet", "history.parquet"):
+        for name in ("metrics.parquet", "history.parquet", "error.log"):
             (self.run_dir(run_id) / name).unlink(missing_ok=True)
+        embeddings = self.run_dir(run_id) / "embeddings"
+        if embeddings.is_dir():
+            for file in embeddings.glob("*.npz"):
+                file.unlink()

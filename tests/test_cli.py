@@ -15,7 +15,7 @@ def invoke(runner, args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["run", "--loss", "sgls", "--dataset", "digits"], "unknown loss sgls; available losses: sgsl, softmax"),
+        (["run", "--loss", "sgls", "--dataset", "digits"], "unknown loss 'sgls'; available losses: sgsl, softmax"),
         (["run", "--loss", "sgsl", "--dataset", "digit"], "unknown dataset 'digit'; available datasets: digits"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seeds", "0"], "--seeds: invalid value 0"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seeds", "-2"], "--seeds: invalid value -2"),
@@ -55,11 +55,35 @@ def test_results_dir_not_writable(runner, tmp_path):
 
 
 def test_report_without_runs(runner, tmp_path):
+    result, output = invoke(runner, ["report", "--results-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "does not exist" in " ".join(output.split())
+
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
     result, output = invoke(runner, ["report", "--results-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2
     flat = " ".join(output.split())
     assert "no finished runs" in flat
     assert "harness run --loss" in flat
+
+
+def test_markup_in_values_printed_verbatim(runner, tmp_path):
+    result, output = invoke(runner, ["run", "--loss", "sgsl", "--dataset", "digits", "--set", "data.sampler=[/x]"])
+    assert result.exit_code == 2
+    assert "[/x]" in output
+    path = tmp_path / "digits.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    result, output = invoke(runner, ["run", "--loss", "sgsl", "--dataset", "digits", "--protocol", str(path)])
+    assert "[protocol]" in output
+
+
+def test_class_balanced_batch_checked_before_training(runner, tmp_path):
+    args = ["run", "--loss", "sgsl", "--dataset", "digits", "--results-dir", str(tmp_path / "r")]
+    args += ["--set", "data.sampler='class_balanced'", "--set", "data.images_per_class=8"]
+    result, output = invoke(runner, args)
+    assert result.exit_code == 2
+    assert "Lower data.batch_size to at most 40" in " ".join(output.split())
+    assert not (tmp_path / "r" / "runs").exists() or not any((tmp_path / "r" / "runs").iterdir())
 
 
 def test_losses_and_datasets_listed(runner):

@@ -316,7 +316,7 @@ def test_run_on_fixture(runner, data_root, tmp_path, dataset):
     results = tmp_path / "results"
     args = ["run", "--loss", "sgsl", "--dataset", dataset, "--data-root", str(data_root), "--results-dir", str(results)]
     args += ["--quiet", "--set", "model.backbone=resnet10t", "--set", "data.resize=[40,40]", "--set", "data.image_size=32"]
-    args += ["--set", "train.epochs=1", "--set", "data.batch_size=6", "--set", "data.images_per_class=2"]
+    args += ["--set", "train.epochs=2", "--set", "data.batch_size=6", "--set", "data.images_per_class=2"]
     args += ["--set", "data.num_workers=0", "--set", "train.lr=0.01"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -329,8 +329,14 @@ def test_run_on_fixture(runner, data_root, tmp_path, dataset):
 
     metrics = pd.read_parquet(folder / "metrics.parquet")
     expected_k = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 1000], "inshop": [1, 10, 20, 30, 40, 50]}
-    recalls = sorted(int(m.split("@")[1]) for m in metrics["metric"] if m.startswith("recall@"))
+    last = metrics[metrics["selection"] == "last"]
+    recalls = sorted(int(m.split("@")[1]) for m in last["metric"] if m.startswith("recall@"))
     assert recalls == expected_k[dataset]
+    assert set(metrics["selection"]) == {"last", "best-test"}
+    assert metrics.loc[metrics["selection"] == "best-test", "optimistic"].all()
+    assert any("random initialization" in warning for warning in status["warnings"])
+    stored = np.load(folder / "embeddings" / "test.npz")
+    assert stored[stored.files[0]].dtype == np.float16
     report = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     assert "⚠" in (tmp_path / "report" / "report.md").read_text()

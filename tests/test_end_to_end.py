@@ -46,7 +46,7 @@ def test_run_store_skip_and_report(runner, tmp_path):
     for column in ("run_id", "loss", "dataset", "protocol", "config_hash", "seed", "split", "selection", "metric", "value", "excluded_queries"):
         assert column in metrics.columns, column
     assert set(metrics["metric"]) == {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"}
-    assert set(metrics["selection"]) == {"last"}
+    assert set(metrics["selection"]) == {"last", "best-test"}
     assert metrics["value"].between(0, 1).all()
 
     history = pd.read_parquet(folder / "history.parquet")
@@ -78,11 +78,18 @@ def test_run_store_skip_and_report(runner, tmp_path):
     assert (out / "digits_training_loss.png").stat().st_size > 1000
     assert (out / "digits_recall_at_k.png").stat().st_size > 1000
 
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    below_file = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(blocker / "sub")])
+    assert below_file.exit_code == 2
+    assert "cannot be created" in " ".join(below_file.output.split())
+
 
 def test_same_seed_gives_same_metrics(runner, tmp_path):
     for name in ("first", "second"):
         assert run_cli(runner, tmp_path / name, "--loss", "normsoftmax", "--seed", "3").exit_code == 0
     first = pd.read_parquet(run_folders(tmp_path / "first")[0] / "metrics.parquet")
+    assert len(first) > 0
     second = pd.read_parquet(run_folders(tmp_path / "second")[0] / "metrics.parquet")
     pd.testing.assert_frame_equal(first, second)
     first_history = pd.read_parquet(run_folders(tmp_path / "first")[0] / "history.parquet")
@@ -94,7 +101,7 @@ def test_failed_run_recorded_and_counted(runner, tmp_path, monkeypatch):
     results = tmp_path / "results"
     assert run_cli(runner, results, "--loss", "sgsl", "--seed", "0").exit_code == 0
 
-    def diverge(config, seed, progress=None, location=None):
+    def diverge(config, seed, *args, **kwargs):
         raise TrainingFailed("loss is nan at epoch 1, batch 3")
 
     monkeypatch.setattr("harness.runner.train_and_evaluate", diverge)
@@ -115,9 +122,17 @@ def test_failed_run_recorded_and_counted(runner, tmp_path, monkeypatch):
     assert "1 finished run(s), 1 failed or unfinished." in markdown
     assert "| sgsl | default | 1 | 1 |  |" in markdown
 
+    monkeypatch.undo()
+    diverged = run_cli(runner, results, "--loss", "sgsl", "--seed", "0", "--set", "train.lr=1e30")
+    assert diverged.exit_code == 1
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(out)])
+    assert report.exit_code == 0, report.output
+    markdown = (out / "report.md").read_text()
+    assert "| sgsl (train.lr=1e+30) | default | 0 | 1 |  | no finished run |" in markdown
+
 
 def test_user_error_during_run_stops_without_traceback(runner, tmp_path, monkeypatch):
-    def bad_input(config, seed, progress=None, location=None):
+    def bad_input(config, seed, *args, **kwargs):
         raise ConfigError("data root /nowhere not found")
 
     monkeypatch.setattr("harness.runner.train_and_evaluate", bad_input)
