@@ -131,3 +131,20 @@ def test_protocol_without_header_rejected(tmp_path):
     path.write_text("[train]\nepochs = 3\n")
     with pytest.raises(ConfigError, match=r"needs a \[protocol\] table"):
         load_protocol(str(path), "digits")
+
+
+def test_settings_doc_lists_every_setting():
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from harness.config import CLI_ONLY_KEYS, SECTION_TYPES
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "settings.md").read_text()
+    for section, section_type in SECTION_TYPES.items():
+        for f in dataclasses.fields(section_type):
+            if (section, f.name) in CLI_ONLY_KEYS or f.name == "hyperparameters":
+                continue
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
+            row = f"| `{section}.{f.name}` | `{json.dumps(default)}` | {f.metadata['help']} |"
+            assert row in text, f"docs/settings.md lacks or misstates {section}.{f.name}"

@@ -251,3 +251,13 @@ def test_paper_protocol_on_cub_fixture(runner, tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "best-test (optimistic" in markdown
     assert "Assumed settings behind these numbers" in markdown
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet10t", embedding_dim=8))
+    model.eval()
+    compiled = torch.compile(model)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(compiled(images), model(images), atol=1e-4)
