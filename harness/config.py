@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from losses import LOSSES
+from losses import LOSSES, PAPER_LR_MULTIPLIERS
 
 PROTOCOLS_DIR = Path(__file__).parent / "protocols"
 SECTIONS = ("data", "model", "loss", "train", "eval")
@@ -93,7 +93,12 @@ class LossConfig:
     """Loss name, the learning-rate multiplier of its parameters, and its hyperparameters."""
 
     name: str = _setting("sgsl", "loss name; set by --loss")
-    lr_multiplier: float = _setting(1.0, "learning rate of the loss's own parameters (class weights) relative to train.lr", minimum=0)
+    lr_multiplier: float = _setting(
+        1.0,
+        "learning rate of the loss's own parameters (class weights, proxies) relative to train.lr; "
+        "-1 uses the multiplier of the loss's paper",
+        minimum=-1,
+    )
     hyperparameters: tuple[tuple[str, Any], ...] = _setting((), "the loss's constructor arguments")
 
     def kwargs(self) -> dict[str, Any]:
@@ -551,7 +556,8 @@ def resolve_config(
         if section == "loss":
             kwargs = {"name": loss_name, "hyperparameters": tuple(sorted(hyperparameters.items()))}
             if "lr_multiplier" in merged["loss"]:
-                kwargs["lr_multiplier"] = float(merged["loss"]["lr_multiplier"])
+                multiplier = float(merged["loss"]["lr_multiplier"])
+                kwargs["lr_multiplier"] = PAPER_LR_MULTIPLIERS[loss_name] if multiplier < 0 else multiplier
         sections[section] = section_type(**kwargs)
 
     return RunConfig(protocol=protocol.name, protocol_version=protocol.version, **sections)
