@@ -144,12 +144,18 @@ def _print_run_table(summary) -> None:
 def report(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of the result store."),
     out: Path = typer.Option(Path("reports/latest"), "--out", help="Folder to write report.md, report.html and plots to."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="Points of Recall@1 a claim may miss by and still count as reproduced."),
+    dataset: list[str] = typer.Option([], "--dataset", help="Report only this dataset (repeatable)."),
+    loss: list[str] = typer.Option([], "--loss", help="Report only this loss (repeatable)."),
+    protocol: list[str] = typer.Option([], "--protocol", help="Report only runs under this protocol (repeatable)."),
 ) -> None:
-    """Summarize finished runs into tables and plots (Markdown and self-contained HTML)."""
+    """Summarize finished runs: tables, claims, paired tests and figures (Markdown, HTML, CSV, LaTeX)."""
     from harness.report import build_report
 
     try:
-        written = build_report(results_dir, out)
+        if tolerance < 0:
+            raise HarnessError(f"--tolerance: invalid value {tolerance}; it must be at least 0 points.")
+        written = build_report(results_dir, out, tolerance, dataset or None, loss or None, protocol or None)
     except HarnessError as error:
         _fail(error)
     for path in written:
@@ -197,6 +203,103 @@ HARNESS_SETTINGS = {
     "eval.nmi",
     "eval.selection_metric",
 }
+
+@app.command()
+def evaluate(
+    run_id: Optional[str] = typer.Argument(None, help="Run whose stored embeddings to re-evaluate."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of the result store."),
+    embeddings: Optional[Path] = typer.Option(
+        None, "--embeddings", help="A .npz file of embeddings and labels produced anywhere, instead of a run."
+    ),
+    k: str = typer.Option("1,2,4,8", "--k", help="Comma-separated K values of Recall@K (with --embeddings)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object (with --embeddings)."),
+) -> None:
+    """Recompute metrics from stored embeddings: a run's (and check them against its stored metrics) or any .npz file."""
+    from harness.evaluation import load_embeddings_file
+
+    try:
+        if (run_id is None) == (embeddings is None):
+            raise HarnessError("pass either RUN_ID or --embeddings FILE.npz, not both or neither.")
+        if embeddings is not None:
+            try:
+                k_values = [int(value) for value in k.split(",") if value.strip()]
+            except ValueError:
+                raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.") from None
+            if not k_values or min(k_values) < 1:
+                raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.")
+            result = evaluate_file(load_embeddings_file(embeddings), k_values)
+            if as_json:
+                print(json.dumps({**result.values, "excluded_queries": result.excluded_queries}, sort_keys=True))
+                return
+            _print_metrics(f"{embeddings}", result.values, result.excluded_queries)
+            return
+        mismatches = recheck_run(run_id, results_dir)
+    except HarnessError as error:
+        _fail(error)
+    if mismatches:
+        for line in mismatches:
+            console.print(f"[red]mismatch:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+def evaluate_file(arrays, k_values):
+    """Evaluate the arrays of an embeddings file with seeded NMI."""
+    from harness.evaluation import evaluate_retrieval
+
+    if "query_embeddings" in arrays:
+        return evaluate_retrieval(
+            arrays["query_embeddings"], arrays["query_labels"], k_values, arrays["gallery_embeddings"], arrays["gallery_labels"]
+        )
+    return evaluate_retrieval(arrays["embeddings"], arrays["labels"], k_values)
+
+
+def recheck_run(run_id: str, results_dir: Path) -> list[str]:
+    """Recompute a run's primary-selection test metrics from its embeddings and list the differences."""
+    import pandas as pd
+
+    from harness.config import RunConfig
+    from harness.evaluation import load_embeddings_file
+    from harness.store import ResultStore, read_json
+    from harness.training import evaluate_arrays
+
+    store = ResultStore(results_dir)
+    run_dir = store.run_dir(run_id)
+    if not store.is_finished(run_id):
+        raise HarnessError(f"run '{run_id}' is not a finished run in {store.runs_dir}.")
+    path = run_dir / "embeddings" / "test.npz"
+    if not path.exists():
+        raise HarnessError(f"run '{run_id}' has no stored embeddings ({path} not found); it predates embedding storage.")
+    stored_config = read_json(run_dir / "config.json")
+    config = RunConfig.from_dict(stored_config["config"])
+    result = evaluate_arrays(load_embeddings_file(path), config, int(stored_config["seed"]), config.eval.nmi)
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    primary = metrics[metrics["primary"]] if "primary" in metrics.columns else metrics[metrics["selection"] == "last"]
+    stored = dict(zip(primary["metric"], primary["value"]))
+    _print_metrics(f"{run_id} (recomputed from {path.name})", result.values, result.excluded_queries, stored)
+    mismatches = []
+    for metric, value in result.values.items():
+        if metric not in stored:
+            mismatches.append(f"{metric}: not stored")
+        elif value != stored[metric]:
+            mismatches.append(f"{metric}: recomputed {value!r}, stored {stored[metric]!r}")
+    return mismatches
+
+
+def _print_metrics(title: str, values: dict, excluded: int, stored: dict | None = None) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value (%)", justify="right")
+    if stored is not None:
+        table.add_column("stored (%)", justify="right")
+        table.add_column("match")
+    for metric, value in values.items():
+        row = [metric, f"{100 * value:.4f}"]
+        if stored is not None:
+            row += [f"{100 * stored.get(metric, float('nan')):.4f}", "yes" if stored.get(metric) == value else "NO"]
+        table.add_row(*row)
+    output.print(table)
+    output.print(f"excluded queries (nothing to retrieve): {excluded}", highlight=False)
+
 
 protocol_app = typer.Typer(no_args_is_help=True, help="List and inspect protocols.")
 app.add_typer(protocol_app, name="protocol")

@@ -225,3 +225,55 @@ def evaluate_retrieval(
         values["nmi"] = kmeans_nmi(query, query_labels, seed, kmeans_restarts)
 
     return RetrievalResult(values=values, excluded_queries=excluded, num_queries=len(query), clipped_k=tuple(clipped))
+
+
+LEAVE_ONE_OUT_ARRAYS = ("embeddings", "labels")
+QUERY_GALLERY_ARRAYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
+
+
+def load_embeddings_file(path) -> dict[str, np.ndarray]:
+    """Read and check an embeddings file.
+
+    ``embeddings`` and ``labels`` mean leave-one-out retrieval; the four
+    ``query_*`` and ``gallery_*`` arrays mean queries against a gallery.
+
+    Raises:
+        EvaluationError: the file cannot be read, an array is missing, or an
+            array has the wrong dtype, shape or non-finite values; the
+            message names the array.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path}: cannot be read as a .npz file of arrays ({error}).") from None
+    if all(name in arrays for name in QUERY_GALLERY_ARRAYS):
+        pairs = (("query_embeddings", "query_labels"), ("gallery_embeddings", "gallery_labels"))
+    elif all(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
+        pairs = (("embeddings", "labels"),)
+    else:
+        raise EvaluationError(
+            f"{path}: missing arrays; found {sorted(arrays)}, expected 'embeddings' and 'labels' "
+            "(leave-one-out) or 'query_embeddings', 'query_labels', 'gallery_embeddings', 'gallery_labels'."
+        )
+    for embeddings_name, labels_name in pairs:
+        embeddings, labels = arrays[embeddings_name], arrays[labels_name]
+        if not np.issubdtype(embeddings.dtype, np.floating):
+            raise EvaluationError(f"{path}: array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats.")
+        if embeddings.ndim != 2 or len(embeddings) == 0:
+            raise EvaluationError(f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0.")
+        if not np.isfinite(embeddings).all():
+            raise EvaluationError(f"{path}: array '{embeddings_name}' contains NaN or infinite values.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise EvaluationError(f"{path}: array '{labels_name}' has dtype {labels.dtype}; expected integers.")
+        if labels.shape != (len(embeddings),):
+            raise EvaluationError(
+                f"{path}: array '{labels_name}' has shape {labels.shape}; expected ({len(embeddings)},) "
+                f"to match '{embeddings_name}'."
+            )
+    if len(pairs) == 2 and arrays["query_embeddings"].shape[1] != arrays["gallery_embeddings"].shape[1]:
+        raise EvaluationError(
+            f"{path}: 'query_embeddings' has dimension {arrays['query_embeddings'].shape[1]} but "
+            f"'gallery_embeddings' has {arrays['gallery_embeddings'].shape[1]}."
+        )
+    return arrays

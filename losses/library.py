@@ -9,8 +9,8 @@ class LibraryLoss(nn.Module):
 
     Several library losses cast their own parameters to the dtype of the
     embeddings they receive (pytorch-metric-learning 2.9's ProxyAnchorLoss,
-    NormalizedSoftmaxLoss and ArcFaceLoss among them), so the loss only ever
-    sees float32 embeddings with autocast disabled.
+    NormalizedSoftmaxLoss and ArcFaceLoss among them), so the loss is only
+    ever called on float32 embeddings with autocast disabled.
     """
 
     # Learning rate of the loss's own parameters relative to the base rate, as

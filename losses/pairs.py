@@ -22,8 +22,8 @@ class MultiSimilarityLoss(LibraryLoss):
     """
 
     # NOTE: alpha, beta, lambda and epsilon follow the paper's text as usually
-    # cited; the official code's configuration uses other values (lambda 0.5),
-    # and neither was checked against the sources here.
+    # cited. The official code's configuration uses other values (lambda 0.5),
+    # and neither source was checked here.
     def __init__(
         self,
         num_classes: int,

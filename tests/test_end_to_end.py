@@ -74,9 +74,14 @@ def test_run_store_skip_and_report(runner, tmp_path):
     assert "| softmax | default | 2 | 0 |  |" in markdown
     html = (out / "report.html").read_text()
     assert html.count("<table>") >= 2
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3
     assert (out / "digits_training_loss.png").stat().st_size > 1000
     assert (out / "digits_recall_at_k.png").stat().st_size > 1000
+
+    again_out = tmp_path / "report-again"
+    assert runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(again_out)]).exit_code == 0
+    for path in sorted(out.iterdir()):
+        assert path.read_bytes() == (again_out / path.name).read_bytes(), f"{path.name} differs between two reports"
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
