@@ -161,6 +161,9 @@ class EvalConfig:
         choices=("last", "best-val", "best-test"),
     )
     selection_metric: str = _setting("recall@1", "metric that best-val and best-test maximize")
+    memory_mb: float = _setting(
+        1024.0, "approximate memory budget of the chunked neighbour search in MiB; results do not depend on it", minimum=1
+    )
     embedding_dtype: str = _setting(
         "float16", "dtype of stored embeddings; metrics are computed from them as stored", choices=("float16", "float32")
     )
@@ -175,6 +178,7 @@ HASH_EXCLUDED = {
     ("data", "num_workers"),
     ("model", "channels_last"),
     ("model", "compile"),
+    ("eval", "memory_mb"),
 }
 
 SECTION_TYPES: dict[str, type] = {

@@ -143,6 +143,16 @@ def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: 
     return float(normalized_mutual_info_score(labels, assignment[:, 0]))
 
 
+def _chunk_scores(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Return the (n_q, n_r) inner products of a query chunk with every reference row (BLAS sgemm)."""
+    return query @ reference.T
+
+
+def chunk_rows(num_reference: int, memory_mb: float) -> int:
+    """Return how many query rows fit in the memory budget: about 12 bytes per score (scores and masks)."""
+    return max(1, int(memory_mb * 2**20 / (12 * max(num_reference, 1))))
+
+
 def evaluate_retrieval(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -152,8 +162,9 @@ def evaluate_retrieval(
     compute_nmi: bool = True,
     seed: int = 0,
     kmeans_restarts: int = 1,
+    memory_mb: float = 1024.0,
 ) -> RetrievalResult:
-    """Compute Recall@K for each K, MAP@R, R-precision and optionally NMI.
+    """Compute Recall@K for each K, MAP@R, R-precision and optionally NMI in one exact, chunked pass.
 
     Without a gallery, each item is a query against all other items
     (leave-one-out); with one, ``embeddings`` are queries against the gallery.
@@ -162,6 +173,13 @@ def evaluate_retrieval(
     metric and counted. A K larger than the number of candidates is clipped
     to it (Recall@K is then 1 wherever a positive exists) and reported in
     ``clipped_k``.
+
+    Queries are processed in chunks whose score block stays within about
+    ``memory_mb``. Recall@K at every K comes from the rank of each query's
+    first positive: the number of items scoring above its best positive, plus
+    tied items of lower index. MAP@R and R-precision need only the top R.
+    Ties are ordered by reference index throughout, so results do not depend
+    on the search order.
 
     Raises:
         EvaluationError: the inputs are malformed, or no query has anything
@@ -187,11 +205,14 @@ def evaluate_retrieval(
     reference = query if leave_one_out else l2_normalize(reference)
     num_candidates = len(reference) - (1 if leave_one_out else 0)
 
-    classes, reference_counts = np.unique(reference_labels, return_counts=True)
-    count_of = dict(zip(classes.tolist(), reference_counts.tolist()))
-    relevant = np.array([count_of.get(label, 0) for label in query_labels.tolist()], dtype=np.int64)
-    if leave_one_out:
-        relevant -= 1
+    # Reference items grouped by class, so that each query's positives are one slice.
+    order = np.argsort(reference_labels, kind="stable")
+    sorted_labels = reference_labels[order]
+    classes, starts, counts = np.unique(sorted_labels, return_index=True, return_counts=True)
+    position = np.searchsorted(classes, query_labels)
+    position = np.clip(position, 0, len(classes) - 1)
+    present = classes[position] == query_labels
+    relevant = np.where(present, counts[position], 0) - (1 if leave_one_out else 0)
     scorable = relevant > 0
     excluded = int((~scorable).sum())
     if not scorable.any():
@@ -202,29 +223,79 @@ def evaluate_retrieval(
 
     query_rows = np.flatnonzero(scorable)
     relevant = relevant[query_rows]
-    depth = min(max(max(k_values), int(relevant.max())), num_candidates)
-    self_index = query_rows if leave_one_out else None
-    ranked = ranked_neighbours(query[query_rows], reference, depth, self_index)
-    hits = reference_labels[ranked] == query_labels[query_rows][:, None]
+    ranks = np.empty(len(query_rows), dtype=np.int64)
+    average_precision = np.empty(len(query_rows))
+    r_precision = np.empty(len(query_rows))
+    rows_per_chunk = chunk_rows(len(reference), memory_mb)
+    reference_index = np.arange(len(reference))
+
+    for start in range(0, len(query_rows), rows_per_chunk):
+        rows = query_rows[start : start + rows_per_chunk]
+        chunk = slice(start, start + len(rows))
+        scores = _chunk_scores(query[rows], reference)
+        local = np.arange(len(rows))
+        if leave_one_out:
+            scores[local, rows] = -np.inf
+
+        # Best positive per query, then the first positive index among ties with it.
+        width = int(counts.max())
+        offsets = starts[position[rows]][:, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < counts[position[rows]][:, None]
+        positive_index = order[np.minimum(offsets, len(order) - 1)]
+        positive_scores = np.where(valid, scores[local[:, None], positive_index], -np.inf)
+        if leave_one_out:
+            positive_scores[positive_index == rows[:, None]] = -np.inf
+        best = positive_scores.max(axis=1)
+        tied_positive = np.where(positive_scores == best[:, None], positive_index, len(reference))
+        first_positive = tied_positive.min(axis=1)
+
+        above = np.count_nonzero(scores > best[:, None], axis=1)
+        ties = np.count_nonzero(scores == best[:, None], axis=1)
+        for row in np.flatnonzero(ties > 1):
+            equal = np.flatnonzero(scores[row] == best[row])
+            above[row] += int(np.count_nonzero(equal < first_positive[row]))
+        ranks[chunk] = above
+
+        # Top R per query, ties by index, for MAP@R and R-precision.
+        depth = int(relevant[chunk].max())
+        ranked = _top_by_score_then_index(scores, depth, reference_index)
+        hits = reference_labels[ranked] == query_labels[rows][:, None]
+        positions = np.arange(depth)
+        within = positions[None, :] < relevant[chunk][:, None]
+        hits_within = hits & within
+        precision_at_i = np.cumsum(hits, axis=1) / (positions + 1)
+        average_precision[chunk] = (hits_within * precision_at_i).sum(axis=1) / relevant[chunk]
+        r_precision[chunk] = hits_within.sum(axis=1) / relevant[chunk]
 
     values: dict[str, float] = {}
     clipped = []
     for k in k_values:
         if k > num_candidates:
             clipped.append(k)
-        values[f"recall@{k}"] = float(hits[:, : min(k, num_candidates)].any(axis=1).mean())
-
-    positions = np.arange(depth)
-    within_r = positions[None, :] < relevant[:, None]
-    hits_within_r = hits & within_r
-    precision_at_i = np.cumsum(hits, axis=1) / (positions + 1)
-    values["map@r"] = float(((hits_within_r * precision_at_i).sum(axis=1) / relevant).mean())
-    values["r_precision"] = float((hits_within_r.sum(axis=1) / relevant).mean())
-
+        values[f"recall@{k}"] = float((ranks < min(k, num_candidates)).mean())
+    values["map@r"] = float(average_precision.mean())
+    values["r_precision"] = float(r_precision.mean())
     if compute_nmi:
         values["nmi"] = kmeans_nmi(query, query_labels, seed, kmeans_restarts)
-
     return RetrievalResult(values=values, excluded_queries=excluded, num_queries=len(query), clipped_k=tuple(clipped))
+
+
+def _top_by_score_then_index(scores: np.ndarray, depth: int, reference_index: np.ndarray) -> np.ndarray:
+    """Return the indices of each row's ``depth`` highest scores, ties ordered by index.
+
+    A partial selection finds the depth-th largest score; every item above it
+    is taken, and items equal to it fill the remaining places in index order.
+    """
+    depth = min(depth, scores.shape[1])
+    cut = np.partition(scores, scores.shape[1] - depth, axis=1)[:, scores.shape[1] - depth]
+    ranked = np.empty((len(scores), depth), dtype=np.int64)
+    for row in range(len(scores)):
+        above = np.flatnonzero(scores[row] > cut[row])
+        equal = np.flatnonzero(scores[row] == cut[row])[: depth - len(above)]
+        chosen = np.concatenate([above, equal])
+        order = np.lexsort((chosen, -scores[row, chosen]))
+        ranked[row] = chosen[order]
+    return ranked
 
 
 LEAVE_ONE_OUT_ARRAYS = ("embeddings", "labels")

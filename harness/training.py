@@ -272,6 +272,7 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], config: RunConfig, seed: int,
             compute_nmi=nmi,
             seed=seed,
             kmeans_restarts=config.eval.kmeans_restarts,
+            memory_mb=config.eval.memory_mb,
         )
     return evaluate_retrieval(
         arrays["embeddings"].astype(np.float32),
@@ -280,6 +281,7 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], config: RunConfig, seed: int,
         compute_nmi=nmi,
         seed=seed,
         kmeans_restarts=config.eval.kmeans_restarts,
+        memory_mb=config.eval.memory_mb,
     )
 
 

@@ -231,3 +231,32 @@ def test_nmi_is_seeded_and_high_for_separated_clusters():
     assert first == second
     assert first > 0.99
     assert math.isnan(kmeans_nmi(l2_normalize(embeddings[:1]), labels[:1], seed=0))
+
+
+def test_memory_budget_does_not_change_results():
+    rng = np.random.default_rng(9)
+    embeddings, labels = clustered(rng, 200, 15, 8, spread=1.0)
+    embeddings[50:60] = embeddings[50]
+    small = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8], compute_nmi=False, memory_mb=0.01)
+    large = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8], compute_nmi=False, memory_mb=1024)
+    assert small.values == large.values
+
+
+@pytest.mark.parametrize("n, classes", [(600, 12), (1500, 30)])
+def test_matches_pytorch_metric_learning_at_several_sizes(n, classes):
+    torch = pytest.importorskip("torch")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    rng = np.random.default_rng(n)
+    # Clusters separated enough that k-means from any start finds most of them,
+    # so the two NMI values differ only by their random initializations.
+    embeddings, labels = clustered(rng, n, classes, 32, spread=0.4)
+    ours = evaluate_retrieval(embeddings, labels, [1], compute_nmi=True, seed=0).values
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI"), k="max_bin_count"
+    )
+    reference = calculator.get_accuracy(torch.from_numpy(l2_normalize(embeddings)), torch.from_numpy(labels))
+    assert ours["recall@1"] == pytest.approx(reference["precision_at_1"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(reference["mean_average_precision_at_r"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-6)
+    assert abs(ours["nmi"] - reference["NMI"]) < 0.02
