@@ -6,8 +6,8 @@ CPU smoke test of the script itself:
     python benchmarks/gpu_check.py --device cpu --steps 2 --batch 4 --image-size 64 --backbone resnet10t
 
 Both sides train the model that the sgsl-paper protocol builds for CUB
-(ResNet-50 with RBR and a 512-d linear embedding, unless --backbone says
-otherwise) with the SGSL loss on the same random images and labels, SGD with
+(ResNet-50 with RBR and a 512-d linear embedding, unless --backbone names
+another) with the SGSL loss on the same random images and labels, SGD with
 momentum, bf16 autocast on CUDA and channels-last memory. The plain side is a
 hand-written loop over a timm model; the harness side is
 ``harness.training.train_step`` on ``harness.model.build_model``. The

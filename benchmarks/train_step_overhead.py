@@ -8,7 +8,7 @@ random batch. The plain side is four lines: forward, loss, backward, step.
 The harness side is ``harness.training.train_step`` (autocast context, loss
 on float32 embeddings, finiteness check, optional clipping) on a model from
 ``harness.model.build_model``. Steps alternate in pairs (plain then harness,
-harness then plain), so drift in machine speed hits both alike; the ratio
+harness then plain), so drift in machine speed hits both alike. The ratio
 of each pair is harness / plain. The script prints the median ratio and a
 95% interval of the median (order statistics of the binomial), and never
 fails on a missed target.

@@ -283,7 +283,7 @@ def evaluate_retrieval(
 def _top_by_score_then_index(scores: np.ndarray, depth: int, reference_index: np.ndarray) -> np.ndarray:
     """Return the indices of each row's ``depth`` highest scores, ties ordered by index.
 
-    A partial selection finds the depth-th largest score; every item above it
+    A partial selection finds the depth-th largest score. Every item above it
     is taken, and items equal to it fill the remaining places in index order.
     """
     depth = min(depth, scores.shape[1])

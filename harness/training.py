@@ -53,7 +53,7 @@ class TrainingOutcome:
 
 @dataclass
 class TrainingState:
-    """What a checkpoint restores besides module and optimizer states."""
+    """Epoch count, history and best selections that a checkpoint restores besides module states."""
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
@@ -155,7 +155,7 @@ def build_train_loader(dataset, labels: np.ndarray, config: RunConfig, seed: int
 
 
 def prepare_backbone(model: EmbeddingModel, warm_up: bool, freeze_bn: str) -> None:
-    """Set train mode, freeze the backbone during warm-up, and freeze BatchNorm as the recipe says."""
+    """Set train mode, freeze the backbone during warm-up, and freeze BatchNorm as ``freeze_bn`` specifies."""
     model.train()
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(not warm_up)
@@ -189,7 +189,7 @@ def train_step(
 ) -> float:
     """Run one optimization step and return the loss.
 
-    The forward pass may run under autocast; the loss always gets float32
+    The forward pass may run under autocast. The loss always gets float32
     embeddings outside autocast, so scaled logits stay finite and library
     losses cannot cast their parameters to half precision.
 

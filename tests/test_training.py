@@ -182,7 +182,7 @@ def test_resume_errors(runner, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The paper protocol on a fixture
+# The sgsl-paper protocol on a fixture
 
 
 def test_protocol_show_lists_every_assumption(runner):
