@@ -24,6 +24,7 @@ class Entry:
     class_id: str
     split: str
     line: int
+    list_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,10 @@ def parse_cub(root: Path) -> list[Entry]:
     for number, line in enumerate(_read_lines(images_file), start=1):
         if line.strip():
             image_id, relative = _split_fields(images_file, number, line, 2)
+            if image_id in paths:
+                raise HarnessError(
+                    f"{images_file} line {number}: image id {image_id} is listed again (first at line {paths[image_id][1]})."
+                )
             paths[image_id] = (f"images/{relative}", number)
     entries = []
     for number, line in enumerate(_read_lines(labels_file), start=1):
@@ -188,8 +193,19 @@ def parse_cub(root: Path) -> list[Entry]:
             raise HarnessError(f"{labels_file} line {number}: class id {class_text!r} is not a positive integer.")
         relative, image_line = paths[image_id]
         split = "train" if int(class_text) <= 100 else "test"
-        entries.append(Entry(relative, class_text, split, image_line))
+        entries.append(Entry(relative, class_text, split, image_line, "images.txt"))
+    unlabelled = sorted(set(paths) - {entry_id for entry_id in _labelled_ids(labels_file)}, key=lambda i: paths[i][1])
+    if unlabelled:
+        first = unlabelled[0]
+        raise HarnessError(
+            f"{images_file} lists {len(unlabelled)} image(s) that {labels_file.name} gives no class, "
+            f"first id {first} at line {paths[first][1]}."
+        )
     return entries
+
+
+def _labelled_ids(labels_file: Path) -> set[str]:
+    return {line.split()[0] for line in _read_lines(labels_file) if line.strip()}
 
 
 def parse_cars(root: Path) -> list[Entry]:
@@ -212,7 +228,7 @@ def parse_cars(root: Path) -> list[Entry]:
     for index, annotation in enumerate(annotations.reshape(-1), start=1):
         class_id = int(annotation["class"])
         split = "train" if class_id <= 98 else "test"
-        entries.append(Entry(str(annotation["relative_im_path"]), str(class_id), split, index))
+        entries.append(Entry(str(annotation["relative_im_path"]), str(class_id), split, index, "cars_annos.mat"))
     return entries
 
 
@@ -225,7 +241,7 @@ def parse_sop(root: Path) -> list[Entry]:
         for number, line in enumerate(lines[1:], start=2):
             if line.strip():
                 _, class_id, _, relative = _split_fields(path, number, line, 4)
-                entries.append(Entry(relative, class_id, split, number))
+                entries.append(Entry(relative, class_id, split, number, name))
     return entries
 
 
@@ -242,7 +258,7 @@ def parse_inshop(root: Path) -> list[Entry]:
         relative, item_id, status = _split_fields(path, number, line, 3)
         if status not in ("train", "query", "gallery"):
             raise HarnessError(f"{path} line {number}: evaluation status {status!r} is not train, query or gallery.")
-        entries.append(Entry(relative, item_id, status, number))
+        entries.append(Entry(relative, item_id, status, number, "list_eval_partition.txt"))
     declared = lines[0].strip()
     if declared.isdigit() and int(declared) != len(entries):
         raise HarnessError(f"{path}: line 1 declares {declared} images, but {len(entries)} are listed.")
@@ -250,12 +266,6 @@ def parse_inshop(root: Path) -> list[Entry]:
 
 
 PARSERS = {"cub": parse_cub, "cars": parse_cars, "sop": parse_sop, "inshop": parse_inshop}
-LIST_FILES = {
-    "cub": "images.txt",
-    "cars": "cars_annos.mat",
-    "sop": "Ebay_train.txt / Ebay_test.txt",
-    "inshop": "list_eval_partition.txt",
-}
 
 
 def parse_dataset(name: str, data_root: Path, check_files: bool = True) -> ParsedDataset:
@@ -268,29 +278,29 @@ def parse_dataset(name: str, data_root: Path, check_files: bool = True) -> Parse
     root = dataset_folder(info, data_root)
     entries = PARSERS[name](root)
     parsed = ParsedDataset(info, root, entries)
-    list_file = LIST_FILES[name]
-
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     kept = []
     for entry in entries:
         if not _inside(entry.path):
             parsed.problems.append(
-                Problem("outside", f"{list_file} entry {entry.line} names {entry.path}, which is outside {root}")
+                Problem("outside", f"{entry.list_file} line {entry.line} names {entry.path}, which is outside {root}")
             )
             continue
         if entry.path in seen:
             parsed.problems.append(
-                Problem("duplicate", f"{list_file} entry {entry.line} repeats {entry.path} (first at entry {seen[entry.path]})")
+                Problem("duplicate", f"{entry.list_file} line {entry.line} repeats {entry.path} (first at {seen[entry.path]})")
             )
             continue
-        seen[entry.path] = entry.line
+        seen[entry.path] = f"{entry.list_file} line {entry.line}"
         kept.append(entry)
     parsed.entries = kept
 
     if check_files:
         for entry in kept:
             if not (root / entry.path).is_file():
-                parsed.problems.append(Problem("missing", f"{list_file} entry {entry.line}: {root / entry.path} not found"))
+                parsed.problems.append(
+                    Problem("missing", f"{entry.list_file} line {entry.line}: {root / entry.path} not found")
+                )
     return parsed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -88,6 +89,8 @@ def run(
         _fail(error)
 
     progress = NullProgress() if quiet else RichProgress(console)
+    # A termination request (timeout, kill) is recorded on the run like Ctrl-C, not left as 'running'.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     summaries = []
     for index, item in enumerate(planned, start=1):
         prefix = f"[{index}/{len(planned)}] {item.run_id}"
@@ -129,6 +132,10 @@ def run(
     )
     if failed:
         raise typer.Exit(code=1)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _print_run_table(summary) -> None:
@@ -229,7 +236,8 @@ def evaluate(
                 raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.")
             result = evaluate_file(load_embeddings_file(embeddings), k_values)
             if as_json:
-                print(json.dumps({**result.values, "excluded_queries": result.excluded_queries}, sort_keys=True))
+                payload = {**result.values, "excluded_queries": result.excluded_queries, "clipped_k": list(result.clipped_k)}
+                print(json.dumps(payload, sort_keys=True))
                 return
             _print_metrics(f"{embeddings}", result.values, result.excluded_queries)
             return

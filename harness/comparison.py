@@ -28,6 +28,19 @@ PUBLISHED_METHODS = {
 # Recall@K columns that the SGSL paper and the compared papers report per dataset.
 PAPER_K = {"cub": (1, 2, 4, 8), "cars": (1, 2, 4, 8), "sop": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40, 50)}
 BACKBONE_NAMES = {"resnet50": "ResNet-50"}
+# Settings that control how the harness runs, so changing them keeps a run comparable.
+HARNESS_ONLY_SETTINGS = {
+    "data.cache",
+    "data.num_workers",
+    "model.channels_last",
+    "model.compile",
+    "train.device",
+    "eval.batch_size",
+    "eval.memory_mb",
+    "eval.kmeans_restarts",
+    "eval.nmi",
+    "eval.embedding_dtype",
+}
 BACKBONE_FEATURES = {"resnet50": 2048}
 
 
@@ -76,6 +89,7 @@ class Configuration:
     assumed: dict
     values: dict[str, dict[int, float]]
     warnings: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -96,9 +110,17 @@ class Configuration:
             dim = BACKBONE_FEATURES.get(self.flat.get("model.backbone", ""), 0)
         return str(dim) if dim else "unknown"
 
+    def comparability_overrides(self) -> dict:
+        """Return the protocol settings that --set changed, leaving out settings that cannot change a number."""
+        return {key: value for key, value in self.overrides.items() if key not in HARNESS_ONLY_SETTINGS}
+
     def comparability_problems(self) -> list[str]:
         """Return the reasons why this configuration's numbers are not like for like with published ones."""
         problems = list(self.warnings)
+        changed = self.comparability_overrides()
+        if changed:
+            shown = ", ".join(f"{key}={value}" for key, value in sorted(changed.items()))
+            problems.append(f"protocol settings changed with --set ({shown})")
         if len(self.seeds) < MIN_SEEDS_FOR_VERDICT:
             problems.append(f"only {len(self.seeds)} seed(s), fewer than {MIN_SEEDS_FOR_VERDICT}")
         return problems
@@ -123,6 +145,7 @@ def build_configurations(records, metrics: pd.DataFrame, labels: dict[str, str],
                 flat=record.flat_config,
                 assumed=record.assumed,
                 values={},
+                overrides=dict(getattr(record, "overrides", {}) or {}),
             )
             configurations[record.config_hash] = configuration
         for warning in record.status.get("warnings", []):
@@ -135,11 +158,16 @@ def build_configurations(records, metrics: pd.DataFrame, labels: dict[str, str],
 
 
 def reference_configuration(configurations: list[Configuration], loss: str) -> Configuration | None:
-    """Pick the configuration of a loss that a claim is checked on: the one with the most seeds, then the first label."""
+    """Pick the configuration of a loss that a claim is checked on.
+
+    A configuration that runs its protocol unchanged comes first, then the
+    one with the most seeds, then the first label. A pick with protocol
+    settings changed by --set makes the claim 'not comparable'.
+    """
     candidates = [c for c in configurations if c.loss == loss and c.seeds]
     if not candidates:
         return None
-    return sorted(candidates, key=lambda c: (-len(c.seeds), c.label))[0]
+    return sorted(candidates, key=lambda c: (bool(c.comparability_overrides()), -len(c.seeds), c.label))[0]
 
 
 # ---------------------------------------------------------------------------
@@ -227,16 +255,28 @@ def check_claims(configurations_by_dataset: dict[str, list[Configuration]], tole
             continue
         summary = sgsl.summary(claim["metric"])
         problems = sgsl.comparability_problems()
-        evidence = f"SGSL ({sgsl.label}, {sgsl.protocol}): {summary['mean']:.2f} over {summary['n']} seed(s)"
+        evidence = (
+            f"SGSL ({sgsl.label}, {sgsl.protocol}, config {sgsl.config_hash[:12]}): "
+            f"{summary['mean']:.2f} over {summary['n']} seed(s)"
+        )
         if claim["kind"] == "value":
             observed = summary["mean"]
             passed = observed >= claim["claimed"] - tolerance
         else:
             baselines = [
-                c for c in configurations if c.loss != "sgsl" and c.protocol == sgsl.protocol and c.summary(claim["metric"])["n"]
+                c
+                for c in configurations
+                if c.loss != "sgsl" and c.protocol == sgsl.protocol and c.summary(claim["metric"])["n"]
+                and not c.comparability_overrides()
             ]
             if not baselines:
-                verdicts.append(ClaimVerdict(claim, "not tested", evidence + f"; no baseline runs under {sgsl.protocol}"))
+                baselines = [
+                    c for c in configurations if c.loss != "sgsl" and c.protocol == sgsl.protocol and c.summary(claim["metric"])["n"]
+                ]
+            if not baselines:
+                verdicts.append(
+                    ClaimVerdict(claim, "not tested", evidence + f"; no baseline runs under {sgsl.protocol} among the reported runs")
+                )
                 continue
             best = max(baselines, key=lambda c: c.summary(claim["metric"])["mean"])
             best_mean = best.summary(claim["metric"])["mean"]

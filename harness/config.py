@@ -10,6 +10,7 @@ hash names the run's folder together with the dataset, loss and seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -232,6 +233,9 @@ class RunConfig:
         """Return the part of the config that the hash covers."""
         payload = {section: dict(self.to_dict()[section]) for section in SECTIONS}
         payload["protocol"] = {"name": self.protocol, "version": self.protocol_version}
+        if self.model.pretrained:
+            # The weights' contents identify them; the same file at another path is the same run.
+            payload["model"]["pretrained"] = _weights_digest(self.model.pretrained)
         for section, key in HASH_EXCLUDED:
             payload[section].pop(key, None)
         if not self.data.cache_is_deviation:
@@ -257,6 +261,24 @@ class RunConfig:
                 else:
                     flat[f"{section}.{key}"] = value
         return flat
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_of(path: str, size: int, modified_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _weights_digest(path: str) -> str:
+    """Return the sha256 of a weights file, cached by path, size and modification time; a missing file keeps its path."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return path
+    stat = file.stat()
+    return _digest_of(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def run_id_for(config: RunConfig, seed: int) -> str:
@@ -354,7 +376,7 @@ def load_protocol(spec: str | None, dataset: str) -> Protocol:
     Raises:
         ConfigError: the file is missing, is not valid TOML, names another
             dataset, or contains an unknown section or key or a value of the
-            wrong type; the message names the file and, where known, the line.
+            wrong type. The message names the file and, where known, the line.
     """
     path = locate_protocol(spec, dataset)
     text = path.read_text(encoding="utf-8")

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -52,6 +53,7 @@ def plot_training_loss(contents, table, path: Path) -> bool:
         c = train_classes
         floor = math.log(1 + (c - 1) * math.exp(-c / (c - 1)))
         axis.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"l2softmax floor, C={c} ({floor:.3f})")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("mean training loss")
     axis.set_title(f"{table.dataset}: training loss (mean over seeds, band = min-max)")
@@ -87,6 +89,8 @@ def plot_epoch_recall(contents, table, path: Path) -> bool:
             name = f"{label}, {'validation' if column.startswith('val') else 'test'}"
             axis.plot(epochs, 100 * per_epoch.mean().loc[epochs], style, marker="o", markersize=3, label=name)
             axis.fill_between(epochs, 100 * per_epoch.min().loc[epochs], 100 * per_epoch.max().loc[epochs], alpha=0.15)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylim(top=min(100.5, axis.get_ylim()[1]))
     axis.set_xlabel("epoch")
     axis.set_ylabel("Recall@1 (%)")
     axis.set_title(f"{table.dataset}: Recall@1 per epoch (mean over seeds, band = min-max)")
@@ -113,9 +117,10 @@ def plot_recall_curves(table, path: Path) -> bool:
         low = part.loc[recall_metrics, "ci_low"].to_numpy(dtype=float)
         high = part.loc[recall_metrics, "ci_high"].to_numpy(dtype=float)
         if not np.isnan(low).all():
-            axis.fill_between(k_values, low, high, alpha=0.2)
+            axis.fill_between(k_values, np.maximum(low, 0), np.minimum(high, 100), alpha=0.2)
     axis.set_xscale("log", base=2 if k_values.max() <= 64 else 10)
     axis.set_xticks(k_values, [str(k) for k in k_values])
+    axis.set_ylim(top=min(100.5, axis.get_ylim()[1]))
     axis.set_xlabel("K")
     axis.set_ylabel("Recall@K (%)")
     axis.set_title(f"{table.dataset}: Recall@K (mean over seeds, band = 95% CI)")
@@ -139,7 +144,7 @@ def plot_sensitivity(dataset: str, variants: dict, path: Path) -> bool:
         axis.set_title(key, fontsize=9)
         axis.set_ylabel("Recall@1 (%)")
         axis.grid(alpha=0.3)
-    figure.suptitle(f"{dataset}: SGSL Recall@1 per value of an assumed setting (95% CI)", fontsize=10)
+    figure.suptitle(f"{dataset}: SGSL R@1 per assumed value (95% CI)", fontsize=9)
     _save(figure, path)
     return True
 

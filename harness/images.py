@@ -2,7 +2,7 @@
 
 Every image passes two stages. The first, deterministic stage decodes the
 file to RGB (grayscale and CMYK files included) and resizes it as the recipe
-specifies; the optional cache stores its uint8 output. The second stage
+specifies. The optional cache stores its uint8 output. The second stage
 crops, flips and normalizes. Random choices in the second stage come from a
 generator seeded by (run seed, epoch, image index), so they do not depend on
 the number of DataLoader workers.
@@ -150,9 +150,16 @@ def random_resized_crop_box(height: int, width: int, generator: torch.Generator)
 
 
 def decode(path: Path) -> Image.Image:
-    """Open an image file and convert it to RGB (grayscale, palette and CMYK files included)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """Open an image file and convert it to RGB (grayscale, palette and CMYK files included).
+
+    Raises:
+        OSError: the file cannot be decoded; the message names the file.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise OSError(f"{path} cannot be decoded ({error}); run harness data check to list every such file") from None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

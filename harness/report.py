@@ -56,6 +56,7 @@ class RunRecord:
     status: dict
     env: dict
     assumed: dict
+    overrides: dict
 
 
 @dataclass
@@ -104,6 +105,7 @@ def load_store(results_dir: Path) -> StoreContents:
             status=status,
             env=read_json(env_path) if env_path.exists() else {},
             assumed=config_file.get("assumed", {}),
+            overrides=config_file.get("overrides", {}),
         )
         if record.state == FINISHED and store.is_finished(run_id):
             metrics.append(pd.read_parquet(run_dir / "metrics.parquet"))
@@ -264,8 +266,15 @@ def assumption_lines(contents: StoreContents, dataset: str) -> list[str]:
             continue
         protocol = record.config.get("protocol", "")
         for key, reason in record.assumed.items():
-            value = json.dumps(record.flat_config.get(key))
-            lines.add(f"{protocol}: {key} = {value}. {reason}")
+            if key not in record.flat_config:
+                continue
+            if key in record.overrides:
+                lines.add(f"{protocol}: {key} = {json.dumps(record.overrides[key])}, set with --set (protocol value assumed: {reason})")
+                continue
+            lines.add(f"{protocol}: {key} = {json.dumps(record.flat_config[key])}. {reason}")
+        for key, value in record.overrides.items():
+            if key not in record.assumed:
+                lines.add(f"{protocol}: {key} = {json.dumps(value)}, set with --set instead of the protocol's value")
     return sorted(lines)
 
 
@@ -274,7 +283,9 @@ def _cell(row: pd.Series) -> str:
         return "no finished run"
     text = f"{row['mean']:.2f}"
     if not math.isnan(row["std"]):
-        text += f" ± {row['std']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        # Metrics are percentages, so the interval is shown within [0, 100].
+        low, high = max(0.0, row["ci_low"]), min(100.0, row["ci_high"])
+        text += f"\u00a0±\u00a0{row['std']:.2f} [{low:.2f},\u00a0{high:.2f}]"
     if row["k_clipped"]:
         text += " †"
     return text
@@ -356,7 +367,8 @@ def _package_sets(contents: StoreContents) -> list[str]:
 NOTES = (
     "Tables show each run's primary model selection (named by its protocol). Values are percent: mean ± sample standard deviation over seeds, then the 95% Student-t "
     "confidence interval of the mean in brackets (none for a single seed). n is the number of "
-    "finished seeds; failed runs are counted separately and excluded. † marks a Recall@K whose K "
+    "finished seeds; failed runs are counted separately and excluded. Intervals are cut at 0 and 100. "
+    "† marks a Recall@K whose K "
     "exceeds the number of retrievable items, so K was clipped to it."
 )
 
@@ -404,7 +416,7 @@ class ReportWriter:
 
 def _latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
     def escape(text: str) -> str:
-        for old, new in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$"), ("†", "$^\\dagger$")):
+        for old, new in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("±", "$\\pm$"), ("†", "$^\\dagger$"), ("⚠", "warnings:"), ("\u00a0", "~")):
             text = text.replace(old, new)
         return text
 
@@ -589,7 +601,8 @@ def build_report(
     style = (
         "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#eee}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top;max-width:48em}"
+        "th{background:#eee}"
         "img{max-width:100%}"
     )
     html_path.write_text(

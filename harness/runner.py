@@ -38,6 +38,7 @@ class PlannedRun:
     protocol_path: str
     location: DataLocation = DataLocation()
     assumed: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +115,7 @@ def plan_runs(
         resolve_device(config.train.device)
         check_data_config(config.data)
         check_train_config(config.train)
+        check_selection(config)
         check_batching(config.data, *training_split_size(config.data, location))
         if config.model not in checked_models:
             # Building the model once here turns a bad backbone, stride or
@@ -121,10 +123,29 @@ def plan_runs(
             build_model(config.model)
             checked_models.add(config.model)
         for seed in seeds:
+            applied = {
+                f"{section}.{key}": value
+                for (section, key), value in overrides.items()
+                if section != "loss" or key == "lr_multiplier" or key in config.loss.kwargs()
+            }
             planned.append(
-                PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path), location, loaded.assumed)
+                PlannedRun(config, seed, run_id_for(config, seed), str(loaded.path), location, loaded.assumed, applied)
             )
     return planned
+
+
+def check_selection(config: RunConfig) -> None:
+    """Reject a primary model selection that the run could not produce."""
+    has_validation = config.data.dataset != "digits" and config.data.val_fraction > 0
+    if config.eval.selection == "best-val" and not has_validation:
+        raise ConfigError(
+            "eval.selection: 'best-val' needs a validation split; set data.val_fraction above 0 "
+            "(photo datasets only; digits has no validation split) or choose 'last'."
+        )
+    if config.eval.selection != "last" and config.eval.every_epochs == 0:
+        raise ConfigError(
+            f"eval.selection: '{config.eval.selection}' needs per-epoch evaluation; set eval.every_epochs to 1 or more."
+        )
 
 
 def _metrics_frame(planned: PlannedRun, outcome: TrainingOutcome) -> pd.DataFrame:
@@ -193,6 +214,7 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None, resume: 
             "config_hash": config.config_hash,
             "protocol_path": planned.protocol_path,
             "assumed": planned.assumed,
+            "overrides": planned.overrides,
             "config": config.to_dict(),
         },
     )
@@ -234,8 +256,9 @@ def execute_run(planned: PlannedRun, store: ResultStore, progress=None, resume: 
         summary.metrics = dict(outcome.test.values)
         summary.warnings = warnings
         checkpoint.unlink(missing_ok=True)
-    except KeyboardInterrupt:
-        status.update(state=FAILED, reason="interrupted by the user (KeyboardInterrupt)")
+    except KeyboardInterrupt as interrupt:
+        cause = f"terminated by {interrupt.args[0]}" if interrupt.args else "interrupted by the user (Ctrl-C)"
+        status.update(state=FAILED, reason=f"{cause}; harness run --resume {planned.run_id} continues it")
         raise
     except HarnessError as error:
         status.update(state=FAILED, reason=str(error))
@@ -277,7 +300,15 @@ def resume_run(run_id: str, store: ResultStore, location: DataLocation) -> Plann
             f"--resume: the config of run '{run_id}' no longer hashes to {stored['config_hash'][:12]} with this "
             "version of the harness, so it cannot be continued exactly; start it again."
         )
-    return PlannedRun(config, int(stored["seed"]), run_id, stored["protocol_path"], location, stored.get("assumed", {}))
+    return PlannedRun(
+        config,
+        int(stored["seed"]),
+        run_id,
+        stored["protocol_path"],
+        location,
+        stored.get("assumed", {}),
+        stored.get("overrides", {}),
+    )
 
 
 def results_dir_default() -> Path:

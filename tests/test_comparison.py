@@ -121,3 +121,15 @@ def test_report_on_cub_fixture_runs(runner, tmp_path):
     filtered = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(tmp_path / "f"), "--loss", "sgsl"])
     assert filtered.exit_code == 0, filtered.output
     assert "normsoftmax" not in (tmp_path / "f" / "cub_summary.csv").read_text()
+
+
+def test_claim_prefers_unchanged_protocol_and_flags_overrides():
+    unchanged = configuration("sgsl", [0.76, 0.76], label="sgsl")
+    ablation = configuration("sgsl", [0.80, 0.80, 0.80], label="sgsl (stop_gradient=false)")
+    ablation.overrides = {"loss.stop_gradient": False}
+    verdicts = check_claims({"cub": [unchanged, ablation]}, tolerance=1.0)
+    evidence = verdict_of(verdicts, "cub-recall").evidence
+    assert "SGSL (sgsl, sgsl-paper" in evidence
+    alone = check_claims({"cub": [ablation]}, tolerance=1.0)
+    assert verdict_of(alone, "cub-recall").verdict == "not comparable"
+    assert "changed with --set (loss.stop_gradient=False)" in verdict_of(alone, "cub-recall").evidence

@@ -340,3 +340,27 @@ def test_run_on_fixture(runner, data_root, tmp_path, dataset):
     report = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     assert "⚠" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_cub_images_list_faults(tmp_path):
+    root = fresh(tmp_path, "cub")
+    images = root / "CUB_200_2011" / "images.txt"
+    lines = images.read_text().splitlines()
+    images.write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(HarnessError, match=r"images.txt line 25: image id 3 is listed again \(first at line 3\)"):
+        parse_dataset("cub", root)
+    images.write_text("\n".join(lines + ["99 ../../etc/passwd"]) + "\n")
+    with pytest.raises(HarnessError, match="gives no class, first id 99 at line 25"):
+        parse_dataset("cub", root)
+
+
+def test_run_names_undecodable_file(runner, tmp_path):
+    root = fresh(tmp_path, "cub")
+    image = sorted((root / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:300])
+    args = ["run", "--loss", "sgsl", "--dataset", "cub", "--data-root", str(root), "--results-dir", str(tmp_path / "r")]
+    args += ["--quiet", "--set", "model.backbone=resnet10t", "--set", "data.resize=[36,36]", "--set", "data.image_size=32"]
+    args += ["--set", "train.epochs=2", "--set", "data.batch_size=4", "--set", "data.images_per_class=2", "--set", "data.num_workers=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert image.name in result.output

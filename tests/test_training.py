@@ -261,3 +261,25 @@ def test_torch_compile_matches_eager():
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(compiled(images), model(images), atol=1e-4)
+
+
+def test_best_val_without_validation_rejected(runner, tmp_path):
+    result = runner.invoke(
+        app, ["run", "--loss", "sgsl", "--dataset", "digits", "--results-dir", str(tmp_path), "--set", "eval.selection='best-val'"]
+    )
+    assert result.exit_code == 2
+    assert "needs a validation split" in " ".join(result.output.split())
+
+
+def test_hash_follows_weights_contents(tmp_path):
+    import timm
+
+    first = tmp_path / "a.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), first)
+    copy = tmp_path / "b.pth"
+    copy.write_bytes(first.read_bytes())
+    protocol = load_protocol(None, "digits")
+    hash_of = lambda path: resolve_config(protocol, "digits", "sgsl", parse_overrides([f"model.pretrained='{path}'"])).config_hash  # noqa: E731
+    assert hash_of(first) == hash_of(copy)
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), copy)
+    assert hash_of(first) != hash_of(copy)
