@@ -196,21 +196,6 @@ def datasets() -> None:
     output.print(table)
 
 
-# Settings that control how the harness runs or reports, not what a paper or recipe trains.
-HARNESS_SETTINGS = {
-    "data.cache",
-    "data.num_workers",
-    "model.channels_last",
-    "model.compile",
-    "train.device",
-    "eval.batch_size",
-    "eval.every_epochs",
-    "eval.embedding_dtype",
-    "eval.kmeans_restarts",
-    "eval.nmi",
-    "eval.selection_metric",
-}
-
 @app.command()
 def evaluate(
     run_id: Optional[str] = typer.Argument(None, help="Run whose stored embeddings to re-evaluate."),
@@ -335,7 +320,7 @@ def protocol_show(
     loss: str = typer.Option("sgsl", "--loss", help="Loss whose hyperparameters to resolve."),
 ) -> None:
     """Print a protocol resolved for a dataset and loss, with every assumed value highlighted."""
-    from harness.config import load_protocol, resolve_config
+    from harness.config import HARNESS_SETTINGS, load_protocol, resolve_config
 
     try:
         loaded = load_protocol(name, dataset)

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.config import HARNESS_SETTINGS
+
 REFERENCE_DIR = Path(__file__).parent / "reference"
 MIN_SEEDS_FOR_VERDICT = 3
 
@@ -28,19 +30,6 @@ PUBLISHED_METHODS = {
 # Recall@K columns that the SGSL paper and the compared papers report per dataset.
 PAPER_K = {"cub": (1, 2, 4, 8), "cars": (1, 2, 4, 8), "sop": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40, 50)}
 BACKBONE_NAMES = {"resnet50": "ResNet-50"}
-# Settings that control how the harness runs, so changing them keeps a run comparable.
-HARNESS_ONLY_SETTINGS = {
-    "data.cache",
-    "data.num_workers",
-    "model.channels_last",
-    "model.compile",
-    "train.device",
-    "eval.batch_size",
-    "eval.memory_mb",
-    "eval.kmeans_restarts",
-    "eval.nmi",
-    "eval.embedding_dtype",
-}
 BACKBONE_FEATURES = {"resnet50": 2048}
 
 
@@ -112,7 +101,7 @@ class Configuration:
 
     def comparability_overrides(self) -> dict:
         """Return the protocol settings that --set changed, leaving out settings that cannot change a number."""
-        return {key: value for key, value in self.overrides.items() if key not in HARNESS_ONLY_SETTINGS}
+        return {key: value for key, value in self.overrides.items() if key not in HARNESS_SETTINGS}
 
     def comparability_problems(self) -> list[str]:
         """Return the reasons why this configuration's numbers are not like for like with published ones."""

@@ -189,6 +189,22 @@ SECTION_TYPES: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
 }
+# Settings that control how the harness runs or reports, not what a paper or
+# recipe trains; changing one keeps a run comparable with the protocol.
+HARNESS_SETTINGS = {
+    "data.cache",
+    "data.num_workers",
+    "model.channels_last",
+    "model.compile",
+    "train.device",
+    "eval.batch_size",
+    "eval.every_epochs",
+    "eval.embedding_dtype",
+    "eval.kmeans_restarts",
+    "eval.memory_mb",
+    "eval.nmi",
+    "eval.selection_metric",
+}
 # Keys fixed by command-line options rather than by protocol or --set.
 CLI_ONLY_KEYS = {("data", "dataset"): "--dataset", ("loss", "name"): "--loss"}
 
@@ -250,17 +266,22 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """Return ``section.key`` to value, with loss hyperparameters flattened in."""
-        flat: dict[str, Any] = {}
-        for section, values in self.to_dict().items():
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                if section == "loss" and key == "hyperparameters":
-                    for name, hyper in value.items():
-                        flat[f"loss.{name}"] = hyper
-                else:
-                    flat[f"{section}.{key}"] = value
-        return flat
+        return flatten_config(self.to_dict())
+
+
+def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Turn :meth:`RunConfig.to_dict` output into ``section.key`` to value, loss hyperparameters as ``loss.<name>``."""
+    flat: dict[str, Any] = {}
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if section == "loss" and key == "hyperparameters":
+                for name, hyper in value.items():
+                    flat[f"loss.{name}"] = hyper
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
 
 
 @functools.lru_cache(maxsize=32)

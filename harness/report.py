@@ -34,6 +34,7 @@ from harness.comparison import (  # noqa: E402
     two_parameter_grid,
     assumption_variants,
 )
+from harness.config import HARNESS_SETTINGS, flatten_config  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.store import FINISHED, ResultStore, read_json  # noqa: E402
 
@@ -68,20 +69,6 @@ class StoreContents:
     history: pd.DataFrame
 
 
-def _flatten(config: dict) -> dict:
-    flat = {}
-    for section, values in config.items():
-        if not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            if section == "loss" and key == "hyperparameters":
-                for name, hyper in value.items():
-                    flat[f"loss.{name}"] = hyper
-            else:
-                flat[f"{section}.{key}"] = value
-    return flat
-
-
 def load_store(results_dir: Path) -> StoreContents:
     """Read every run folder; only finished runs contribute metrics."""
     store = ResultStore(results_dir)
@@ -101,7 +88,7 @@ def load_store(results_dir: Path) -> StoreContents:
             seed=int(config_file["seed"]),
             config_hash=config_file["config_hash"],
             config=config_file["config"],
-            flat_config=_flatten(config_file["config"]),
+            flat_config=flatten_config(config_file["config"]),
             status=status,
             env=read_json(env_path) if env_path.exists() else {},
             assumed=config_file.get("assumed", {}),
@@ -465,7 +452,6 @@ def build_report(
     Raises:
         HarnessError: the results folder is missing or, after filtering, contains no finished run.
     """
-    from harness.cli import HARNESS_SETTINGS
     from harness.figures import plot_epoch_recall, plot_heatmap, plot_recall_curves, plot_sensitivity, plot_training_loss
 
     if not (Path(results_dir) / "runs").is_dir():
