@@ -13,7 +13,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-CONVERGENCE_LOSSES = ("softmax", "l2softmax", "normsoftmax", "sgsl")
 
 
 def _save(figure, path: Path) -> None:

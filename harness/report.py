@@ -15,14 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harness.comparison import (  # noqa: E402
+from harness.comparison import (
     PAPER_K,
     build_configurations,
     check_claims,
@@ -34,11 +29,10 @@ from harness.comparison import (  # noqa: E402
     two_parameter_grid,
     assumption_variants,
 )
-from harness.config import HARNESS_SETTINGS, flatten_config  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
-from harness.store import FINISHED, ResultStore, read_json  # noqa: E402
+from harness.config import HARNESS_SETTINGS, flatten_config
+from harness.errors import HarnessError
+from harness.store import FINISHED, ResultStore, read_json
 
-CONVERGENCE_LOSSES = ("softmax", "l2softmax", "normsoftmax", "sgsl")
 # Keys that identify a row already or never differ in a meaningful way.
 LABEL_SKIPPED_KEYS = {"data.dataset", "loss.name", "train.device", "eval.batch_size"}
 

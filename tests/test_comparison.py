@@ -1,6 +1,5 @@
 """Claims, paired tests and published tables: exact small cases and a report over fixture runs."""
 
-import math
 
 import pytest
 

@@ -1,8 +1,6 @@
 """Photo datasets from their official layouts: parsing, splits, checks, image pipeline and cache."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest

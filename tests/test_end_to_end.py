@@ -3,7 +3,6 @@
 import json
 
 import pandas as pd
-import pytest
 
 from harness.cli import app
 from harness.errors import ConfigError

@@ -1,7 +1,6 @@
 """Training options: schedules, warm-up, BatchNorm freezing, clipping, precision, and resuming."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
