@@ -5,11 +5,11 @@ Usage (on a CUDA machine, a few minutes):
 CPU smoke test of the script itself:
     python benchmarks/gpu_check.py --device cpu --steps 2 --batch 4 --image-size 64 --backbone resnet10t
 
-Both sides train the model that the sgsl-paper protocol builds for CUB
-(ResNet-50 with RBR and a 512-d linear embedding, unless --backbone names
-another) with the SGSL loss on the same random images and labels, SGD with
-momentum, bf16 autocast on CUDA and channels-last memory. The plain side is a
-hand-written loop over a timm model; the harness side is
+Both sides train the model that the sgsl-paper protocol builds for CUB:
+ResNet-50 with RBR and a 512-d linear embedding, unless --backbone names
+another. They use the SGSL loss on the same random images and labels, SGD
+with momentum, bf16 autocast on CUDA and channels-last memory. The plain side
+is a hand-written loop over a timm model, and the harness side is
 ``harness.training.train_step`` on ``harness.model.build_model``. The
 script prints training images per second for both, their ratio, and the
 peak GPU memory of each side. It measures and never fails on a missed target.

@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python benchmarks/loading_throughput.py [--classes 20] [--images-per-class 100] [--rounds 2]
 
 Writes a CUB-layout fixture of JPEGs at 500 x 375 (the typical CUB size)
-into a temporary folder, then times one pass over all training images with
+into a temporary folder. Then it times one pass over all training images with
 a DataLoader (batch 75, one worker per CPU) for three pipelines on the same
 files and transforms (resize to 256 x 256, random crop 224, flip, ImageNet
 normalization):

@@ -173,6 +173,22 @@ def manifest_of(parsed: ParsedDataset) -> dict:
     return {"root": str(parsed.root), "files": len(parsed.entries), "sha256": digest.hexdigest()}
 
 
+def validation_classes(train_classes: set, fraction: float) -> set:
+    """Return the last ``fraction`` of the training classes by class id, held out for validation.
+
+    Raises:
+        ConfigError: the fraction would leave no class for training.
+    """
+    ordered = sorted(train_classes, key=_class_order)
+    held_out = math.ceil(fraction * len(ordered)) if fraction > 0 else 0
+    if held_out >= len(ordered):
+        raise ConfigError(
+            f"data.val_fraction: invalid value {fraction}; it would move {held_out} of the {len(ordered)} "
+            "training classes to validation, and at least one must stay for training."
+        )
+    return set(ordered[len(ordered) - held_out :])
+
+
 def load_benchmark_splits(
     config: DataConfig, seed: int = 0, location: DataLocation | None = None, progress=None
 ) -> Splits:
@@ -208,14 +224,7 @@ def load_benchmark_splits(
         return ImageDataset(parsed.root, paths, labels, pipeline, train, seed, cache_file, rows)
 
     train_entries = parsed.split_entries("train")
-    train_classes = sorted({entry.class_id for entry in train_entries}, key=_class_order)
-    held_out = math.ceil(config.val_fraction * len(train_classes)) if config.val_fraction > 0 else 0
-    if held_out >= len(train_classes):
-        raise ConfigError(
-            f"data.val_fraction: invalid value {config.val_fraction}: it holds out {held_out} of "
-            f"{len(train_classes)} training classes, and at least one must remain for training."
-        )
-    val_classes = set(train_classes[len(train_classes) - held_out :]) if held_out else set()
+    val_classes = validation_classes({entry.class_id for entry in train_entries}, config.val_fraction)
     val_entries = [entry for entry in train_entries if entry.class_id in val_classes]
     train_entries = [entry for entry in train_entries if entry.class_id not in val_classes]
 
@@ -301,10 +310,9 @@ def training_split_size(config: DataConfig, location: DataLocation | None = None
         return int((targets <= 4).sum()), 5
     parsed, _ = checked_dataset(config.dataset, (location or DataLocation()).data_root)
     entries = parsed.split_entries("train")
-    classes = sorted({entry.class_id for entry in entries}, key=_class_order)
-    held_out = math.ceil(config.val_fraction * len(classes)) if config.val_fraction > 0 else 0
-    kept = set(classes[: len(classes) - held_out])
-    return sum(1 for entry in entries if entry.class_id in kept), len(kept)
+    val_classes = validation_classes({entry.class_id for entry in entries}, config.val_fraction)
+    kept = [entry for entry in entries if entry.class_id not in val_classes]
+    return len(kept), len({entry.class_id for entry in kept})
 
 
 def load_splits(config: DataConfig, seed: int = 0, location: DataLocation | None = None, progress=None) -> Splits:

@@ -310,7 +310,7 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
 
     Raises:
         EvaluationError: the file cannot be read, an array is missing, or an
-            array has the wrong dtype, shape or non-finite values; the
+            array has the wrong dtype, shape or non-finite values. The
             message names the array.
     """
     try:

@@ -6,7 +6,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
@@ -310,6 +309,3 @@ def resume_run(run_id: str, store: ResultStore, location: DataLocation) -> Plann
         stored.get("overrides", {}),
     )
 
-
-def results_dir_default() -> Path:
-    return Path("results")

@@ -362,3 +362,12 @@ def test_run_names_undecodable_file(runner, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert image.name in result.output
+
+
+def test_validation_classes_by_class_id():
+    from harness.data import validation_classes
+
+    assert validation_classes({"1", "2", "10", "3"}, 0.5) == {"3", "10"}
+    assert validation_classes({"1", "2"}, 0.0) == set()
+    with pytest.raises(HarnessError, match="at least one must stay for training"):
+        validation_classes({"1", "2"}, 0.9)
