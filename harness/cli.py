@@ -205,9 +205,14 @@ def evaluate(
     ),
     k: str = typer.Option("1,2,4,8", "--k", help="Comma-separated K values of Recall@K (with --embeddings)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object (with --embeddings)."),
+    search: Optional[str] = typer.Option(
+        None,
+        "--search",
+        help="Where the score blocks are computed: auto, cpu or gpu (default: the run's eval.search; auto for a file).",
+    ),
 ) -> None:
     """Recompute metrics from stored embeddings: a run's (and check them against its stored metrics) or any .npz file."""
-    from harness.evaluation import load_embeddings_file
+    from harness.evaluation import evaluate_embedding_arrays, load_embeddings_file
 
     try:
         if (run_id is None) == (embeddings is None):
@@ -219,14 +224,14 @@ def evaluate(
                 raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.") from None
             if not k_values or min(k_values) < 1:
                 raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.")
-            result = evaluate_file(load_embeddings_file(embeddings), k_values)
+            result = evaluate_embedding_arrays(load_embeddings_file(embeddings), k_values, search=search or "auto")
             if as_json:
                 payload = {**result.values, "excluded_queries": result.excluded_queries, "clipped_k": list(result.clipped_k)}
                 print(json.dumps(payload, sort_keys=True))
                 return
             _print_metrics(f"{embeddings}", result.values, result.excluded_queries)
             return
-        mismatches = recheck_run(run_id, results_dir)
+        mismatches = recheck_run(run_id, results_dir, search)
     except HarnessError as error:
         _fail(error)
     if mismatches:
@@ -235,19 +240,15 @@ def evaluate(
         raise typer.Exit(code=1)
 
 
-def evaluate_file(arrays, k_values):
-    """Evaluate the arrays of an embeddings file with seeded NMI."""
-    from harness.evaluation import evaluate_retrieval
+def recheck_run(run_id: str, results_dir: Path, search: Optional[str] = None) -> list[str]:
+    """Recompute a run's primary-selection test metrics from its embeddings and list the differences.
 
-    if "query_embeddings" in arrays:
-        return evaluate_retrieval(
-            arrays["query_embeddings"], arrays["query_labels"], k_values, arrays["gallery_embeddings"], arrays["gallery_labels"]
-        )
-    return evaluate_retrieval(arrays["embeddings"], arrays["labels"], k_values)
+    ``search`` replaces the run's eval.search when given. Backends differ by
+    float rounding, so a run evaluated on a GPU is rechecked exactly only on
+    one.
+    """
+    import dataclasses
 
-
-def recheck_run(run_id: str, results_dir: Path) -> list[str]:
-    """Recompute a run's primary-selection test metrics from its embeddings and list the differences."""
     import pandas as pd
 
     from harness.config import RunConfig
@@ -264,10 +265,18 @@ def recheck_run(run_id: str, results_dir: Path) -> list[str]:
         raise HarnessError(f"run '{run_id}' has no stored embeddings ({path} not found); it predates embedding storage.")
     stored_config = read_json(run_dir / "config.json")
     config = RunConfig.from_dict(stored_config["config"])
+    if search is not None:
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, search=search))
     result = evaluate_arrays(load_embeddings_file(path), config, int(stored_config["seed"]), config.eval.nmi)
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     primary = metrics[metrics["primary"]] if "primary" in metrics.columns else metrics[metrics["selection"] == "last"]
     stored = dict(zip(primary["metric"], primary["value"]))
+    if "search" in primary.columns and set(primary["search"]) != {result.search}:
+        output.print(
+            f"note: the run's metrics were computed with {primary['search'].iloc[0]} score blocks and these with "
+            f"{result.search}; the two can differ by float rounding.",
+            highlight=False,
+        )
     _print_metrics(f"{run_id} (recomputed from {path.name})", result.values, result.excluded_queries, stored)
     mismatches = []
     for metric, value in result.values.items():

@@ -168,6 +168,12 @@ class EvalConfig:
     embedding_dtype: str = _setting(
         "float16", "dtype of stored embeddings; metrics are computed from them as stored", choices=("float16", "float32")
     )
+    search: str = _setting(
+        "auto",
+        "where the evaluation's score blocks are computed: auto (a faiss GPU if faiss detects one, else cpu), "
+        "cpu (NumPy BLAS) or gpu (faiss on GPU 0); results differ only by float rounding",
+        choices=("auto", "cpu", "gpu"),
+    )
 
 
 # Settings that cannot change a run's numbers beyond float rounding and are
@@ -180,6 +186,7 @@ HASH_EXCLUDED = {
     ("model", "channels_last"),
     ("model", "compile"),
     ("eval", "memory_mb"),
+    ("eval", "search"),
 }
 
 SECTION_TYPES: dict[str, type] = {
@@ -203,6 +210,7 @@ HARNESS_SETTINGS = {
     "eval.kmeans_restarts",
     "eval.memory_mb",
     "eval.nmi",
+    "eval.search",
     "eval.selection_metric",
 }
 # Keys fixed by command-line options rather than by protocol or --set.

@@ -5,8 +5,9 @@ leave-one-out mode every item is a query against all other items, and the
 query is excluded by its index, never by dropping "the first neighbour". In
 query/gallery mode the queries are retrieved against a separate gallery.
 
-Neighbours are found with faiss. Ties are broken by reference index, so the
-ranking, and every metric, is deterministic.
+Scores are computed in blocks of query rows against all reference items, on
+a faiss GPU when one is available and on the CPU otherwise. Ties are broken
+by reference index, so the ranking, and every metric, is deterministic.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from harness.errors import EvaluationError
 
-EXACT_CHUNK_ROWS = 1024
+SEARCH_BACKENDS = ("auto", "cpu", "gpu")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RetrievalResult:
     excluded_queries: int
     num_queries: int
     clipped_k: tuple[int, ...] = field(default_factory=tuple)
+    search: str = "cpu"
 
 
 def _check_pair(embeddings: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,66 +57,6 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     return np.ascontiguousarray(embeddings / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def _order_by_score_then_index(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((ids, -scores), axis=-1)
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def _exact_ranked(query: np.ndarray, reference: np.ndarray, k: int, self_index: np.ndarray | None) -> np.ndarray:
-    """Rank every reference item for each query with a full score row, ties by index."""
-    ranked = np.empty((len(query), k), dtype=np.int64)
-    reference_ids = np.arange(len(reference))
-    for start in range(0, len(query), EXACT_CHUNK_ROWS):
-        stop = min(start + EXACT_CHUNK_ROWS, len(query))
-        scores = query[start:stop] @ reference.T
-        if self_index is not None:
-            scores[np.arange(stop - start), self_index[start:stop]] = -np.inf
-        ids = np.broadcast_to(reference_ids, scores.shape)
-        _, ordered_ids = _order_by_score_then_index(scores, ids)
-        ranked[start:stop] = ordered_ids[:, :k]
-    return ranked
-
-
-def ranked_neighbours(
-    query: np.ndarray, reference: np.ndarray, k: int, self_index: np.ndarray | None = None
-) -> np.ndarray:
-    """Return the indices of each query's k highest-scoring reference items, best first.
-
-    Args:
-        query: (n_q, d) float32 L2-normalized rows.
-        reference: (n_r, d) float32 L2-normalized rows.
-        k: neighbours per query; at most the number of candidates (n_r, or
-            n_r - 1 when a query's own index is excluded).
-        self_index: for each query, the reference index to exclude (its own
-            row in leave-one-out mode), or None.
-
-    Ties are broken by the lower reference index. faiss returns tied items in
-    no defined order and may cut a tie at the k-th place. So one more
-    neighbour than needed is requested, and a row whose tie reaches the end
-    of the returned list is ranked again from its full score row.
-    """
-    num_candidates = len(reference) - (1 if self_index is not None else 0)
-    if not 1 <= k <= num_candidates:
-        raise ValueError(f"k must be between 1 and {num_candidates}, got {k}")
-    extra = 1 if self_index is not None else 0
-    search_k = min(k + extra + 1, len(reference))
-
-    scores, ids = faiss.knn(query, reference, search_k, metric=faiss.METRIC_INNER_PRODUCT)
-    if self_index is not None:
-        scores = np.where(ids == self_index[:, None], -np.inf, scores)
-    scores, ids = _order_by_score_then_index(scores, ids)
-    ranked = ids[:, :k].copy()
-
-    if search_k < len(reference):
-        last_kept = scores[:, k - 1]
-        lowest_returned = np.where(np.isneginf(scores), np.inf, scores).min(axis=1)
-        uncertain = np.flatnonzero(lowest_returned >= last_kept)
-        if len(uncertain):
-            rows_self = self_index[uncertain] if self_index is not None else None
-            ranked[uncertain] = _exact_ranked(query[uncertain], reference, k, rows_self)
-    return ranked
 
 
 def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 1) -> float:
@@ -143,9 +85,69 @@ def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: 
     return float(normalized_mutual_info_score(labels, assignment[:, 0]))
 
 
-def _chunk_scores(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Return the (n_q, n_r) inner products of a query chunk with every reference row (BLAS sgemm)."""
-    return query @ reference.T
+class _CpuScores:
+    """Inner products by NumPy's BLAS sgemm.
+
+    faiss-cpu computes inner-product blocks the same way:
+    ``faiss.pairwise_distances(..., METRIC_INNER_PRODUCT)`` is ``xq @ xb.T``
+    followed by a copy, which is left out here.
+    """
+
+    name = "cpu"
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = reference
+        self.buffer = np.empty((0, len(reference)), dtype=np.float32)
+
+    def __call__(self, query: np.ndarray) -> np.ndarray:
+        """Return the block in a buffer that the next call overwrites."""
+        if len(self.buffer) < len(query):
+            self.buffer = np.empty((len(query), len(self.reference)), dtype=np.float32)
+        return np.matmul(query, self.reference.T, out=self.buffer[: len(query)])
+
+
+class _FaissGpuScores:
+    """Inner products by faiss on GPU 0, returned to the host for counting."""
+
+    name = "gpu"
+
+    def __init__(self, reference: np.ndarray):
+        self.resources = faiss.StandardGpuResources()
+        self.reference = reference
+
+    def __call__(self, query: np.ndarray) -> np.ndarray:
+        return faiss.pairwise_distance_gpu(
+            self.resources, query, self.reference, metric=faiss.METRIC_INNER_PRODUCT, device=0
+        )
+
+
+def faiss_gpu_count() -> int:
+    """Return the number of GPUs that this faiss build can use (0 for faiss-cpu)."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def score_blocks(reference: np.ndarray, search: str = "auto"):
+    """Return a function that maps a block of query rows to its (n_q, n_r) inner products with ``reference``.
+
+    ``search`` is auto (a faiss GPU if this faiss build detects one, else
+    the CPU), cpu or gpu.
+
+    Raises:
+        EvaluationError: ``search`` is unknown, or is gpu without a faiss GPU.
+    """
+    if search not in SEARCH_BACKENDS:
+        raise EvaluationError(f"eval.search: expected one of {', '.join(SEARCH_BACKENDS)}, got {search!r}.")
+    gpus = faiss_gpu_count()
+    if search == "gpu" and gpus == 0:
+        raise EvaluationError(
+            f"eval.search: 'gpu' needs a faiss build with GPU support, and faiss {faiss.__version__} here detects "
+            "no GPU. Install one on a CUDA machine (the faiss-gpu-cu12 package), or set eval.search to cpu or auto."
+        )
+    if search == "gpu" or (search == "auto" and gpus > 0):
+        return _FaissGpuScores(reference)
+    return _CpuScores(reference)
 
 
 def chunk_rows(num_reference: int, memory_mb: float) -> int:
@@ -163,6 +165,7 @@ def evaluate_retrieval(
     seed: int = 0,
     kmeans_restarts: int = 1,
     memory_mb: float = 1024.0,
+    search: str = "auto",
 ) -> RetrievalResult:
     """Compute Recall@K for each K, MAP@R, R-precision and optionally NMI in one exact, chunked pass.
 
@@ -179,11 +182,12 @@ def evaluate_retrieval(
     first positive: the number of items scoring above its best positive, plus
     tied items of lower index. MAP@R and R-precision need only the top R.
     Ties are ordered by reference index throughout, so results do not depend
-    on the search order.
+    on the search order. ``search`` selects where the score blocks are computed
+    (see score_blocks); backends differ only by float rounding.
 
     Raises:
-        EvaluationError: the inputs are malformed, or no query has anything
-            to retrieve.
+        EvaluationError: the inputs are malformed, no query has anything to
+            retrieve, or the ``search`` backend is not available.
     """
     query, query_labels = _check_pair(embeddings, labels, "embeddings")
     leave_one_out = gallery_embeddings is None
@@ -227,12 +231,12 @@ def evaluate_retrieval(
     average_precision = np.empty(len(query_rows))
     r_precision = np.empty(len(query_rows))
     rows_per_chunk = chunk_rows(len(reference), memory_mb)
-    reference_index = np.arange(len(reference))
+    scores_of = score_blocks(reference, search)
 
     for start in range(0, len(query_rows), rows_per_chunk):
         rows = query_rows[start : start + rows_per_chunk]
         chunk = slice(start, start + len(rows))
-        scores = _chunk_scores(query[rows], reference)
+        scores = scores_of(query[rows])
         local = np.arange(len(rows))
         if leave_one_out:
             scores[local, rows] = -np.inf
@@ -249,18 +253,11 @@ def evaluate_retrieval(
         tied_positive = np.where(positive_scores == best[:, None], positive_index, len(reference))
         first_positive = tied_positive.min(axis=1)
 
-        above = np.count_nonzero(scores > best[:, None], axis=1)
-        ties = np.count_nonzero(scores == best[:, None], axis=1)
-        for row in np.flatnonzero(ties > 1):
-            equal = np.flatnonzero(scores[row] == best[row])
-            above[row] += int(np.count_nonzero(equal < first_positive[row]))
-        ranks[chunk] = above
-
-        # Top R per query, ties by index, for MAP@R and R-precision.
-        depth = int(relevant[chunk].max())
-        ranked = _top_by_score_then_index(scores, depth, reference_index)
-        hits = reference_labels[ranked] == query_labels[rows][:, None]
-        positions = np.arange(depth)
+        # Each row's candidates for its top R, ranked by (score, index). The
+        # first positive's place among them is its rank when it is one.
+        ranked, ranks[chunk] = _rank_candidates(scores, relevant[chunk], first_positive)
+        hits = (ranked >= 0) & (reference_labels[ranked] == query_labels[rows][:, None])
+        positions = np.arange(ranked.shape[1])
         within = positions[None, :] < relevant[chunk][:, None]
         hits_within = hits & within
         precision_at_i = np.cumsum(hits, axis=1) / (positions + 1)
@@ -277,25 +274,82 @@ def evaluate_retrieval(
     values["r_precision"] = float(r_precision.mean())
     if compute_nmi:
         values["nmi"] = kmeans_nmi(query, query_labels, seed, kmeans_restarts)
-    return RetrievalResult(values=values, excluded_queries=excluded, num_queries=len(query), clipped_k=tuple(clipped))
+    return RetrievalResult(
+        values=values,
+        excluded_queries=excluded,
+        num_queries=len(query),
+        clipped_k=tuple(clipped),
+        search=scores_of.name,
+    )
 
 
-def _top_by_score_then_index(scores: np.ndarray, depth: int, reference_index: np.ndarray) -> np.ndarray:
-    """Return the indices of each row's ``depth`` highest scores, ties ordered by index.
+SELECTION_GROUPS = 1024
 
-    A partial selection finds the depth-th largest score. Every item above it
-    is taken, and items equal to it fill the remaining places in index order.
+
+def _rank_candidates(
+    scores: np.ndarray, depths: np.ndarray, first_positive: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's top ``depths[row]`` indices and the rank of its first positive, ties by index.
+
+    The top array has max(depths) columns; a row's places beyond its depth
+    hold -1. The rank of ``first_positive[row]`` is the number of items with a
+    higher score, plus tied items of lower index.
+
+    Columns are split into at most SELECTION_GROUPS groups, and each group's
+    maximum is one item's score, so a row's depth-th largest group maximum is
+    a lower bound on its depth-th largest score. Only items at or above that
+    bound can be in the top: usually a few times ``depth`` items per row,
+    which are then sorted by (score, index). Where the first positive is
+    among them, so is every item that outranks it, and its place is its
+    rank. Other rows are counted over the whole row, and rows where ties or
+    clustering leave many candidates take a partial selection over the row.
     """
-    depth = min(depth, scores.shape[1])
-    cut = np.partition(scores, scores.shape[1] - depth, axis=1)[:, scores.shape[1] - depth]
-    ranked = np.empty((len(scores), depth), dtype=np.int64)
-    for row in range(len(scores)):
-        above = np.flatnonzero(scores[row] > cut[row])
-        equal = np.flatnonzero(scores[row] == cut[row])[: depth - len(above)]
-        chosen = np.concatenate([above, equal])
-        order = np.lexsort((chosen, -scores[row, chosen]))
-        ranked[row] = chosen[order]
-    return ranked
+    num_rows, width = scores.shape
+    depths = np.minimum(depths, width)
+    depth = int(depths.max())
+    groups = max(min(width, SELECTION_GROUPS), depth)
+    per_group = width // groups
+    maxima = scores[:, : per_group * groups].reshape(num_rows, per_group, groups).max(axis=1)
+    if per_group * groups < width:
+        maxima = np.concatenate([maxima, scores[:, per_group * groups :]], axis=1)
+    largest = np.partition(maxima, maxima.shape[1] - depth, axis=1)[:, maxima.shape[1] - depth :]
+    largest = -np.sort(-largest, axis=1)
+    bound = np.maximum(largest[np.arange(num_rows), depths - 1], -np.finfo(np.float32).max)
+
+    candidates = scores >= bound[:, None]
+    limits = 8 * depths + 64
+    crowded = np.zeros(num_rows, dtype=bool)
+    if np.count_nonzero(candidates) > limits.sum():
+        crowded = np.count_nonzero(candidates, axis=1) > limits
+        candidates[crowded] = False
+    row_of, column = np.divmod(np.flatnonzero(candidates), width)
+    order = np.lexsort((column, -scores[row_of, column], row_of))
+    row_of, column = row_of[order], column[order]
+    row_start = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=num_rows))[:-1]])
+    place = np.arange(len(row_of)) - row_start[row_of]
+    keep = place < depths[row_of]
+    ranked = np.full((num_rows, depth), -1, dtype=np.int64)
+    ranked[row_of[keep], place[keep]] = column[keep]
+    for row in np.flatnonzero(crowded):
+        ranked[row, : depths[row]] = _top_of_row(scores[row], int(depths[row]))
+
+    ranks = np.full(num_rows, -1, dtype=np.int64)
+    is_first = column == first_positive[row_of]
+    ranks[row_of[is_first]] = place[is_first]
+    for row in np.flatnonzero(ranks < 0):
+        row_scores, index = scores[row], first_positive[row]
+        best = row_scores[index]
+        ranks[row] = np.count_nonzero(row_scores > best) + np.count_nonzero(row_scores[:index] == best)
+    return ranked, ranks
+
+
+def _top_of_row(row_scores: np.ndarray, depth: int) -> np.ndarray:
+    """Return the indices of one row's ``depth`` highest scores, ties by index, from a partial selection."""
+    cut = np.partition(row_scores, len(row_scores) - depth)[len(row_scores) - depth]
+    above = np.flatnonzero(row_scores > cut)
+    equal = np.flatnonzero(row_scores == cut)[: depth - len(above)]
+    chosen = np.concatenate([above, equal])
+    return chosen[np.lexsort((chosen, -row_scores[chosen]))]
 
 
 LEAVE_ONE_OUT_ARRAYS = ("embeddings", "labels")
@@ -318,6 +372,12 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as error:
         raise EvaluationError(f"{path}: cannot be read as a .npz file of arrays ({error}).") from None
+    has_query_gallery = any(name in arrays for name in QUERY_GALLERY_ARRAYS)
+    if has_query_gallery and any(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
+        raise EvaluationError(
+            f"{path}: contains arrays of both layouts ({sorted(arrays)}); keep 'embeddings' and 'labels' for "
+            "leave-one-out retrieval or the four 'query_*' and 'gallery_*' arrays for a gallery, not both."
+        )
     if all(name in arrays for name in QUERY_GALLERY_ARRAYS):
         pairs = (("query_embeddings", "query_labels"), ("gallery_embeddings", "gallery_labels"))
     elif all(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
@@ -335,6 +395,12 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             raise EvaluationError(f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0.")
         if not np.isfinite(embeddings).all():
             raise EvaluationError(f"{path}: array '{embeddings_name}' contains NaN or infinite values.")
+        zero_rows = np.flatnonzero(~embeddings.any(axis=1))
+        if len(zero_rows):
+            raise EvaluationError(
+                f"{path}: array '{embeddings_name}' has {len(zero_rows)} all-zero rows (first at index "
+                f"{zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined for it."
+            )
         if not np.issubdtype(labels.dtype, np.integer):
             raise EvaluationError(f"{path}: array '{labels_name}' has dtype {labels.dtype}; expected integers.")
         if labels.shape != (len(embeddings),):
@@ -348,3 +414,23 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             f"'gallery_embeddings' has {arrays['gallery_embeddings'].shape[1]}."
         )
     return arrays
+
+
+def evaluate_embedding_arrays(
+    arrays: dict[str, np.ndarray], k_values: tuple[int, ...] | list[int], **options
+) -> RetrievalResult:
+    """Evaluate the arrays of an embeddings file, in either layout, as float32.
+
+    ``options`` are passed to evaluate_retrieval (compute_nmi, seed,
+    kmeans_restarts, memory_mb, search).
+    """
+    if "query_embeddings" in arrays:
+        return evaluate_retrieval(
+            arrays["query_embeddings"].astype(np.float32),
+            arrays["query_labels"],
+            k_values,
+            arrays["gallery_embeddings"].astype(np.float32),
+            arrays["gallery_labels"],
+            **options,
+        )
+    return evaluate_retrieval(arrays["embeddings"].astype(np.float32), arrays["labels"], k_values, **options)

@@ -171,6 +171,7 @@ def _metrics_frame(planned: PlannedRun, outcome: TrainingOutcome) -> pd.DataFram
                     "excluded_queries": selected.test.excluded_queries,
                     "num_queries": selected.test.num_queries,
                     "k_clipped": k is not None and k in selected.test.clipped_k,
+                    "search": selected.test.search,
                 }
             )
     return pd.DataFrame(rows)

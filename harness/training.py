@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from harness.config import RunConfig, TrainConfig
 from harness.data import DataLocation, Splits, check_batching, load_splits
 from harness.errors import ConfigError, HarnessError, TrainingFailed
-from harness.evaluation import RetrievalResult, evaluate_retrieval
+from harness.evaluation import RetrievalResult, evaluate_embedding_arrays
 from harness.model import EmbeddingModel, build_model
 from harness.progress import NullProgress
 from losses import LOSSES
@@ -262,26 +262,14 @@ def embed_split(model, splits: Splits, split: str, config: RunConfig, device, am
 
 def evaluate_arrays(arrays: dict[str, np.ndarray], config: RunConfig, seed: int, nmi: bool) -> RetrievalResult:
     """Evaluate the arrays of an embeddings file exactly as they are stored."""
-    if "query_embeddings" in arrays:
-        return evaluate_retrieval(
-            arrays["query_embeddings"].astype(np.float32),
-            arrays["query_labels"],
-            config.eval.k,
-            arrays["gallery_embeddings"].astype(np.float32),
-            arrays["gallery_labels"],
-            compute_nmi=nmi,
-            seed=seed,
-            kmeans_restarts=config.eval.kmeans_restarts,
-            memory_mb=config.eval.memory_mb,
-        )
-    return evaluate_retrieval(
-        arrays["embeddings"].astype(np.float32),
-        arrays["labels"],
+    return evaluate_embedding_arrays(
+        arrays,
         config.eval.k,
         compute_nmi=nmi,
         seed=seed,
         kmeans_restarts=config.eval.kmeans_restarts,
         memory_mb=config.eval.memory_mb,
+        search=config.eval.search,
     )
 
 
@@ -295,6 +283,7 @@ def _result_to_dict(result: RetrievalResult) -> dict:
         "excluded_queries": result.excluded_queries,
         "num_queries": result.num_queries,
         "clipped_k": list(result.clipped_k),
+        "search": result.search,
     }
 
 
@@ -304,6 +293,7 @@ def _result_from_dict(data: dict) -> RetrievalResult:
         excluded_queries=int(data["excluded_queries"]),
         num_queries=int(data["num_queries"]),
         clipped_k=tuple(data["clipped_k"]),
+        search=data.get("search", "cpu"),
     )
 
 

@@ -3,15 +3,16 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import TINY
+from test_metrics import FakeGpuFaiss
 
 from harness.cli import app
 from harness.evaluation import evaluate_retrieval
 
-from conftest import TINY
 
-
-def test_run_recomputes_exactly_then_detects_tampering(runner, tmp_path):
+def test_run_recomputes_exactly_then_detects_tampering(runner, tmp_path, monkeypatch):
     results = tmp_path / "results"
     run = runner.invoke(app, ["run", "--loss", "sgsl", "--dataset", "digits", "--results-dir", str(results), "--quiet", *TINY])
     assert run.exit_code == 0, run.output
@@ -19,6 +20,15 @@ def test_run_recomputes_exactly_then_detects_tampering(runner, tmp_path):
     result = runner.invoke(app, ["evaluate", folder.name, "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     assert "NO" not in result.output
+    assert "note:" not in result.output
+    metrics = pd.read_parquet(folder / "metrics.parquet")
+    assert set(metrics["search"]) == {"cpu"}
+
+    # Rechecked on another backend, the output says that rounding may differ.
+    FakeGpuFaiss().install(monkeypatch)
+    on_gpu = runner.invoke(app, ["evaluate", folder.name, "--results-dir", str(results), "--search", "gpu"])
+    assert "computed with cpu score blocks and these with gpu" in " ".join(on_gpu.output.split())
+    monkeypatch.undo()
 
     path = folder / "embeddings" / "test.npz"
     arrays = dict(np.load(path))
@@ -62,6 +72,18 @@ def test_query_gallery_file(runner, tmp_path):
         ({"embeddings": np.full((3, 2), np.nan, np.float32), "labels": np.zeros(3, int)}, "array 'embeddings' contains NaN"),
         ({"embeddings": np.ones((3, 2), np.int32), "labels": np.zeros(3, int)}, "array 'embeddings' has dtype int32"),
         ({"embeddings": np.ones((3, 2), np.float32), "labels": np.zeros(3)}, "array 'labels' has dtype float64"),
+        (
+            {"embeddings": np.array([[1, 0], [0, 0], [0, 0]], np.float32), "labels": np.zeros(3, int)},
+            "array 'embeddings' has 2 all-zero rows (first at index 1)",
+        ),
+        (
+            {
+                "embeddings": np.eye(2, dtype=np.float32),
+                "labels": np.zeros(2, int),
+                "query_embeddings": np.eye(2, dtype=np.float32),
+            },
+            "contains arrays of both layouts",
+        ),
     ],
 )
 def test_malformed_files_name_the_array(runner, tmp_path, arrays, message):
@@ -77,3 +99,14 @@ def test_evaluate_needs_one_source(runner):
     result = runner.invoke(app, ["evaluate"])
     assert result.exit_code == 2
     assert "either RUN_ID or --embeddings" in result.output
+
+
+def test_search_option(runner, tmp_path):
+    path = tmp_path / "outside.npz"
+    np.savez(path, embeddings=np.eye(4, dtype=np.float32) + 0.1, labels=np.array([0, 0, 1, 1]))
+    cpu = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1", "--json", "--search", "cpu"])
+    assert cpu.exit_code == 0, cpu.output
+    gpu = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--search", "gpu"])
+    assert gpu.exit_code == 2
+    assert "eval.search: 'gpu' needs a faiss build with GPU support" in " ".join(gpu.output.split())
+    assert "Traceback" not in gpu.output

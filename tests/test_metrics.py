@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from harness import evaluation
 from harness.errors import EvaluationError
-from harness.evaluation import evaluate_retrieval, kmeans_nmi, l2_normalize, ranked_neighbours
+from harness.evaluation import evaluate_retrieval, kmeans_nmi, l2_normalize
 
 
 def unit_vectors(angles):
@@ -27,11 +28,11 @@ def test_self_match_with_tied_twin_scores_zero():
 
 def test_self_match_tie_order_by_index():
     # Query 0's candidates are 1 (score 1), then 2 and 3 tied at score 0:
-    # index order puts 2 (a hit for query 0) before 3.
+    # index order puts 2 (a hit for query 0) before 3. Query 2's are 3, then
+    # 0 and 1 tied: 0 (its hit) comes first. Queries 1 and 3 find their hit
+    # only third.
     embeddings = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
     labels = np.array([1, 0, 1, 0])
-    ranked = ranked_neighbours(l2_normalize(embeddings), l2_normalize(embeddings), 3, np.arange(4))
-    assert ranked.tolist() == [[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]]
     result = evaluate_retrieval(embeddings, labels, [2], compute_nmi=False)
     assert result.values["recall@2"] == 0.5
 
@@ -260,3 +261,85 @@ def test_matches_pytorch_metric_learning_at_several_sizes(n, classes):
     assert ours["map@r"] == pytest.approx(reference["mean_average_precision_at_r"], abs=1e-6)
     assert ours["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-6)
     assert abs(ours["nmi"] - reference["NMI"]) < 0.02
+
+
+# ---------------------------------------------------------------------------
+# Where the score blocks are computed
+
+
+class FakeGpuFaiss:
+    """Stands in for faiss-gpu: scores in float64, rounded to float32, and counts the calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(evaluation.faiss, "StandardGpuResources", lambda: "resources", raising=False)
+        monkeypatch.setattr(evaluation.faiss, "get_num_gpus", lambda: 1)
+        monkeypatch.setattr(evaluation.faiss, "pairwise_distance_gpu", self.pairwise_distance_gpu, raising=False)
+
+    def pairwise_distance_gpu(self, resources, xq, xb, metric, device):
+        assert resources == "resources" and device == 0
+        assert metric == evaluation.faiss.METRIC_INNER_PRODUCT
+        self.calls += 1
+        return (xq.astype(np.float64) @ xb.astype(np.float64).T).astype(np.float32)
+
+
+def test_auto_search_uses_the_faiss_gpu_and_agrees_with_cpu(monkeypatch):
+    rng = np.random.default_rng(4)
+    embeddings, labels = clustered(rng, 400, 20, 16, spread=0.8)
+    embeddings[100:140] = embeddings[100]  # a block of exact duplicates: ties
+    cpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], compute_nmi=False, search="cpu")
+    fake = FakeGpuFaiss()
+    fake.install(monkeypatch)
+    gpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], compute_nmi=False, memory_mb=0.1)
+    assert cpu.search == "cpu" and gpu.search == "gpu"
+    assert fake.calls > 1  # several chunks, each on the GPU
+    for metric, value in cpu.values.items():
+        assert gpu.values[metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_auto_search_without_a_gpu_uses_the_cpu():
+    embeddings = unit_vectors([0.0, 0.1, 1.5, 1.6])
+    result = evaluate_retrieval(embeddings, np.array([0, 0, 1, 1]), [1], compute_nmi=False)
+    assert evaluation.faiss_gpu_count() == 0
+    assert result.search == "cpu"
+
+
+def test_gpu_search_without_a_gpu_names_the_setting_and_the_fix():
+    with pytest.raises(EvaluationError, match="eval.search: 'gpu' needs a faiss build with GPU support") as error:
+        evaluate_retrieval(unit_vectors([0.0, 0.1]), np.array([0, 0]), [1], compute_nmi=False, search="gpu")
+    assert "faiss-gpu-cu12" in str(error.value) and "cpu or auto" in str(error.value)
+
+
+def test_unknown_search_backend_rejected():
+    with pytest.raises(EvaluationError, match="eval.search: expected one of auto, cpu, gpu, got 'cuda'"):
+        evaluate_retrieval(unit_vectors([0.0, 0.1]), np.array([0, 0]), [1], compute_nmi=False, search="cuda")
+
+
+def naive_ranking(row_scores):
+    """All indices of a row by (score descending, index ascending)."""
+    return np.lexsort((np.arange(len(row_scores)), -row_scores))
+
+
+@pytest.mark.parametrize("levels", [None, 3, 300])
+def test_candidate_ranking_matches_a_full_sort(levels):
+    # Continuous scores take the candidate path; a few distinct score levels
+    # make ties so large that they crowd the candidates (per-row paths).
+    rng = np.random.default_rng(11 if levels is None else levels)
+    if levels is None:
+        scores = rng.normal(size=(60, 3000)).astype(np.float32)
+    else:
+        scores = rng.integers(0, levels, size=(60, 3000)).astype(np.float32)
+    scores[3, 10] = -np.inf  # an excluded self match
+    depths = rng.integers(1, 30, 60)
+    first_positive = rng.integers(0, 3000, 60)
+    first_positive[3] = 11
+    first_positive[:5] = [naive_ranking(scores[row])[0] for row in range(5)]  # ranked first
+    ranked, ranks = evaluation._rank_candidates(scores, depths, first_positive)
+    assert ranked.shape == (60, depths.max())
+    for row in range(60):
+        order = naive_ranking(scores[row])
+        assert ranked[row, : depths[row]].tolist() == order[: depths[row]].tolist()
+        assert (ranked[row, depths[row] :] == -1).all()
+        assert ranks[row] == int(np.flatnonzero(order == first_positive[row])[0])
