@@ -54,6 +54,19 @@ def test_outside_file_matches_direct_evaluation(runner, tmp_path):
         assert printed[metric] == pytest.approx(value, abs=1e-12)
     assert printed["excluded_queries"] == 0
 
+    # The library reference of the cross-check gives the same values.
+    torch = pytest.importorskip("torch")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"), k="max_bin_count"
+    )
+    normalized = torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1)
+    reference = calculator.get_accuracy(normalized, torch.from_numpy(labels))
+    assert printed["recall@1"] == pytest.approx(reference["precision_at_1"], abs=1e-6)
+    assert printed["map@r"] == pytest.approx(reference["mean_average_precision_at_r"], abs=1e-6)
+    assert printed["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-6)
+
 
 def test_query_gallery_file(runner, tmp_path):
     path = tmp_path / "inshop.npz"

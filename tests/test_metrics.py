@@ -207,6 +207,22 @@ def test_block_of_identical_vectors():
         assert result.values[metric] == pytest.approx(value, abs=1e-9), metric
 
 
+def test_large_identical_block_with_many_classes():
+    # 1,000 identical vectors of 100 classes: each row has about 1,000 tied
+    # candidates for a top R of 9, far more than the candidate sort takes.
+    rng = np.random.default_rng(8)
+    others, other_labels = clustered(rng, 200, 20, 4, spread=0.5)
+    embeddings = np.vstack([np.tile(others[:1], (1000, 1)), others]).astype(np.float32)
+    labels = np.concatenate([np.arange(1000) % 100, other_labels + 100])
+    k_values = [1, 2, 4, 8, 1000, 5000]
+    result = evaluate_retrieval(embeddings, labels, k_values, compute_nmi=False)
+    naive = naive_metrics(embeddings, labels, embeddings, labels, k_values[:-1], leave_one_out=True)
+    assert set(result.values) == {f"recall@{k}" for k in k_values} | {"map@r", "r_precision"}
+    assert result.clipped_k == (5000,)
+    for metric, value in naive.items():
+        assert result.values[metric] == pytest.approx(value, abs=1e-9), metric
+
+
 def test_matches_pytorch_metric_learning():
     torch = pytest.importorskip("torch")
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
