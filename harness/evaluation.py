@@ -85,7 +85,23 @@ def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: 
     return float(normalized_mutual_info_score(labels, assignment[:, 0]))
 
 
-class _CpuScores:
+class _ScoreBlocks:
+    """Base of the score-block backends: one output buffer, reused from block to block."""
+
+    name = ""
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = reference
+        self.buffer = np.empty((0, len(reference)), dtype=np.float32)
+
+    def output(self, rows: int) -> np.ndarray:
+        """Return a (rows, n_r) float32 buffer that the next block overwrites."""
+        if len(self.buffer) < rows:
+            self.buffer = np.empty((rows, len(self.reference)), dtype=np.float32)
+        return self.buffer[:rows]
+
+
+class _CpuScores(_ScoreBlocks):
     """Inner products by NumPy's BLAS sgemm.
 
     faiss-cpu computes inner-product blocks the same way:
@@ -95,29 +111,27 @@ class _CpuScores:
 
     name = "cpu"
 
-    def __init__(self, reference: np.ndarray):
-        self.reference = reference
-        self.buffer = np.empty((0, len(reference)), dtype=np.float32)
-
     def __call__(self, query: np.ndarray) -> np.ndarray:
-        """Return the block in a buffer that the next call overwrites."""
-        if len(self.buffer) < len(query):
-            self.buffer = np.empty((len(query), len(self.reference)), dtype=np.float32)
-        return np.matmul(query, self.reference.T, out=self.buffer[: len(query)])
+        return np.matmul(query, self.reference.T, out=self.output(len(query)))
 
 
-class _FaissGpuScores:
+class _FaissGpuScores(_ScoreBlocks):
     """Inner products by faiss on GPU 0, returned to the host for counting."""
 
     name = "gpu"
 
     def __init__(self, reference: np.ndarray):
+        super().__init__(reference)
         self.resources = faiss.StandardGpuResources()
-        self.reference = reference
 
     def __call__(self, query: np.ndarray) -> np.ndarray:
         return faiss.pairwise_distance_gpu(
-            self.resources, query, self.reference, metric=faiss.METRIC_INNER_PRODUCT, device=0
+            self.resources,
+            query,
+            self.reference,
+            D=self.output(len(query)),
+            metric=faiss.METRIC_INNER_PRODUCT,
+            device=0,
         )
 
 

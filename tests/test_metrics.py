@@ -294,11 +294,22 @@ class FakeGpuFaiss:
         monkeypatch.setattr(evaluation.faiss, "get_num_gpus", lambda: 1)
         monkeypatch.setattr(evaluation.faiss, "pairwise_distance_gpu", self.pairwise_distance_gpu, raising=False)
 
-    def pairwise_distance_gpu(self, resources, xq, xb, metric, device):
-        assert resources == "resources" and device == 0
+    def pairwise_distance_gpu(self, resources, xq, xb, D, metric, device):
+        assert resources == "resources"
+        assert device == 0
         assert metric == evaluation.faiss.METRIC_INNER_PRODUCT
+        assert D.shape == (len(xq), len(xb))
+        assert D.dtype == np.float32
         self.calls += 1
-        return (xq.astype(np.float64) @ xb.astype(np.float64).T).astype(np.float32)
+        D[:] = xq.astype(np.float64) @ xb.astype(np.float64).T
+        return D
+
+
+def test_stand_in_matches_faiss_gpu_signature():
+    import inspect
+
+    real = inspect.signature(evaluation.faiss.pairwise_distance_gpu).parameters
+    assert list(real) == ["res", "xq", "xb", "D", "metric", "device"]
 
 
 def test_auto_search_uses_the_faiss_gpu_and_agrees_with_cpu(monkeypatch):
