@@ -600,6 +600,7 @@ def resolve_config(
     for key in hyperparameters:
         if key in loss_values:
             hyperparameters[key] = _coerce(loss_values[key], type(hyperparameters[key]))
+    _check_loss_bounds(loss_name, hyperparameters)
 
     sections: dict[str, Any] = {}
     for section, section_type in SECTION_TYPES.items():
@@ -616,6 +617,21 @@ def resolve_config(
         sections[section] = section_type(**kwargs)
 
     return RunConfig(protocol=protocol.name, protocol_version=protocol.version, **sections)
+
+
+def _check_loss_bounds(loss_name: str, hyperparameters: dict[str, Any]) -> None:
+    """Raise ConfigError for a hyperparameter outside the range that its loss declares."""
+    bounds = getattr(LOSSES[loss_name], "hyperparameter_bounds", {})
+    for key, (operator, limit) in bounds.items():
+        if key not in hyperparameters:
+            continue
+        value = hyperparameters[key]
+        inside = value > limit if operator == ">" else value >= limit
+        if not inside:
+            raise ConfigError(
+                f"loss.{key}: invalid value {value!r} for loss '{loss_name}'; expected a value {operator} {limit}. "
+                f"Its default is {loss_hyperparameters(loss_name)[key]!r}."
+            )
 
 
 def _coerce(value: Any, field_type: Any) -> Any:

@@ -18,6 +18,8 @@ class ArcFaceLoss(LibraryLoss):
         scale: s (paper: 64).
     """
 
+    hyperparameter_bounds = {"margin": (">=", 0.0), "scale": (">", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0) -> None:
         super().__init__(library.ArcFaceLoss(num_classes, embedding_dim, margin=math.degrees(margin), scale=scale))
 
@@ -31,6 +33,8 @@ class CosFaceLoss(LibraryLoss):
         margin: additive cosine margin (paper: 0.35).
         scale: s (paper: 64).
     """
+
+    hyperparameter_bounds = {"margin": (">=", 0.0), "scale": (">", 0.0)}
 
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.35, scale: float = 64.0) -> None:
         super().__init__(library.CosFaceLoss(num_classes, embedding_dim, margin=margin, scale=scale))

@@ -23,6 +23,8 @@ class NormSoftmaxLoss(nn.Module):
             scale of 20, from the NormSoftmax paper).
     """
 
+    hyperparameter_bounds = {"temperature": (">", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, temperature: float = 0.05) -> None:
         super().__init__()
         self.temperature = temperature

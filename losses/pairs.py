@@ -24,6 +24,8 @@ class MultiSimilarityLoss(LibraryLoss):
     # NOTE: alpha, beta, lambda and epsilon follow the paper's text as usually
     # cited. The official code's configuration uses other values (lambda 0.5),
     # and neither source was checked here.
+    hyperparameter_bounds = {"alpha": (">", 0.0), "beta": (">", 0.0), "epsilon": (">=", 0.0)}
+
     def __init__(
         self,
         num_classes: int,
@@ -50,6 +52,8 @@ class TripletLoss(LibraryLoss):
         margin: alpha, on squared distances of L2-normalized embeddings (paper: 0.2).
     """
 
+    hyperparameter_bounds = {"margin": (">=", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2) -> None:
         distance = distances.LpDistance(normalize_embeddings=True, p=2, power=2)
         super().__init__(
@@ -71,6 +75,8 @@ class ContrastiveLoss(LibraryLoss):
 
     # NOTE: the paper's margin depends on its data; 0.5 on unit vectors is an
     # assumption, not a published value.
+    hyperparameter_bounds = {"pos_margin": (">=", 0.0), "neg_margin": (">=", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, pos_margin: float = 0.0, neg_margin: float = 0.5) -> None:
         super().__init__(library.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin))
 
@@ -84,6 +90,8 @@ class CircleLoss(LibraryLoss):
         m: relaxation margin.
         gamma: scale.
     """
+
+    hyperparameter_bounds = {"m": (">=", 0.0), "gamma": (">", 0.0)}
 
     def __init__(self, num_classes: int, embedding_dim: int, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(library.CircleLoss(m=m, gamma=gamma))

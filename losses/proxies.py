@@ -22,6 +22,8 @@ class ProxyAnchorLoss(LibraryLoss):
 
     paper_lr_multiplier = 100.0
 
+    hyperparameter_bounds = {"alpha": (">", 0.0), "delta": (">=", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, alpha: float = 32.0, delta: float = 0.1) -> None:
         super().__init__(library.ProxyAnchorLoss(num_classes, embedding_dim, margin=delta, alpha=alpha))
 
@@ -42,6 +44,8 @@ class ProxyNCALoss(LibraryLoss):
     # ProxyNCA++ trains proxies at 4e2 against a base rate of 4e-3.
     paper_lr_multiplier = 1e5
 
+    hyperparameter_bounds = {"scale": (">", 0.0)}
+
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 9.0) -> None:
         super().__init__(library.ProxyNCALoss(num_classes, embedding_dim, softmax_scale=scale))
 
@@ -61,6 +65,14 @@ class SoftTripleLoss(LibraryLoss):
 
     # The paper trains the centres at 1e-2 against a base rate of 1e-4.
     paper_lr_multiplier = 100.0
+
+    hyperparameter_bounds = {
+        "centers_per_class": (">=", 1),
+        "la": (">", 0.0),
+        "gamma": (">", 0.0),
+        "delta": (">=", 0.0),
+        "tau": (">=", 0.0),
+    }
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ class SGSLLoss(nn.Module):
             NormFace loss with scale gamma_2.
     """
 
+    hyperparameter_bounds = {"gamma_1": (">", 0.0), "gamma_2": (">", 0.0), "sgsl_weight": (">=", 0.0)}
+
     def __init__(
         self,
         num_classes: int,

@@ -91,6 +91,41 @@ def test_bad_overrides_rejected(item, losses, message):
         check_overrides(parse_overrides([item]), losses)
 
 
+@pytest.mark.parametrize(
+    "loss, item, message",
+    [
+        ("sgsl", "loss.gamma_2=-5", r"loss.gamma_2: invalid value -5.0 for loss 'sgsl'; expected a value > 0.0"),
+        ("sgsl", "loss.gamma_1=0", r"loss.gamma_1: invalid value 0.0 .* > 0.0. Its default is 1.0"),
+        ("sgsl", "loss.sgsl_weight=-0.1", r"loss.sgsl_weight: .* >= 0.0"),
+        ("normsoftmax", "loss.temperature=0", "loss.temperature"),
+        ("soft_triple", "loss.centers_per_class=0", r"loss.centers_per_class: invalid value 0 .* >= 1"),
+        ("triplet", "loss.margin=-0.2", "loss.margin"),
+    ],
+)
+def test_out_of_range_loss_values_rejected(loss, item, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(loss=loss, items=[item])
+
+
+def test_zero_sgsl_weight_allowed():
+    # Weight 0 is the plain-softmax ablation of SGSL.
+    assert resolve(items=["loss.sgsl_weight=0"]).loss.kwargs()["sgsl_weight"] == 0.0
+
+
+def test_loss_bounds_name_real_hyperparameters_and_hold_defaults():
+    from harness.config import loss_hyperparameters
+    from losses import LOSSES
+
+    for name, cls in LOSSES.items():
+        defaults = loss_hyperparameters(name)
+        own = {key: bound for key, bound in getattr(cls, "hyperparameter_bounds", {}).items() if key in defaults}
+        inherited = set(getattr(cls, "hyperparameter_bounds", {})) - set(own)
+        assert inherited <= {"temperature"}, name  # l2softmax fixes the temperature it inherits
+        for key, (operator, limit) in own.items():
+            assert operator in (">", ">="), (name, key)
+            assert defaults[key] > limit if operator == ">" else defaults[key] >= limit, (name, key)
+
+
 def test_protocol_file_path_and_folder(tmp_path):
     text = "[protocol]\nname = 'mine'\nversion = '2'\n[data]\ndataset = 'digits'\n[train]\nepochs = 2\n"
     (tmp_path / "digits.toml").write_text(text)
