@@ -354,6 +354,11 @@ NOTES = (
 )
 
 
+# Names of the files that a report wrote, so that the next report into the
+# same folder removes those it does not write again.
+REPORT_MANIFEST = "report_files.txt"
+
+
 class ReportWriter:
     """Collects sections as Markdown and HTML, and writes every table as CSV (main tables also as LaTeX)."""
 
@@ -470,6 +475,7 @@ def build_report(
             f"report folder {out_dir} cannot be created ({error.strerror}). Pass --out with a folder you can write to."
         ) from None
 
+    _remove_previous_report(out_dir)
     tables = build_tables(contents)
     report = ReportWriter(out_dir)
     finished = sum(1 for r in contents.records if r.state == FINISHED)
@@ -590,4 +596,18 @@ def build_report(
         f"<style>{style}</style></head><body>{''.join(report.html)}</body></html>",
         encoding="utf-8",
     )
-    return [markdown_path, html_path] + report.written
+    written = [markdown_path, html_path] + report.written
+    (out_dir / REPORT_MANIFEST).write_text("".join(f"{path.name}\n" for path in written), encoding="utf-8")
+    return written
+
+
+def _remove_previous_report(out_dir: Path) -> None:
+    """Delete the files that an earlier report listed in the folder's manifest; other files stay."""
+    manifest = out_dir / REPORT_MANIFEST
+    if not manifest.is_file():
+        return
+    for name in manifest.read_text(encoding="utf-8").splitlines():
+        path = out_dir / name
+        if name and Path(name).name == name and path.is_file():
+            path.unlink()
+    manifest.unlink()

@@ -82,6 +82,19 @@ def test_run_store_skip_and_report(runner, tmp_path):
     for path in sorted(out.iterdir()):
         assert path.read_bytes() == (again_out / path.name).read_bytes(), f"{path.name} differs between two reports"
 
+    # A report into a used folder removes what the last report wrote there
+    # and does not write again (here a stale table of another dataset); a
+    # file of the user's stays.
+    manifest = out / "report_files.txt"
+    assert "report.md" in manifest.read_text().splitlines()
+    (out / "cub_summary.csv").write_text("stale")
+    manifest.write_text(manifest.read_text() + "cub_summary.csv\n")
+    (out / "notes.txt").write_text("mine")
+    assert runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(out)]).exit_code == 0
+    assert not (out / "cub_summary.csv").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "report.md").exists()
+
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     below_file = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(blocker / "sub")])
