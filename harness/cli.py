@@ -329,7 +329,7 @@ def protocol_show(
     loss: str = typer.Option("sgsl", "--loss", help="Loss whose hyperparameters to resolve."),
 ) -> None:
     """Print a protocol resolved for a dataset and loss, with every assumed value highlighted."""
-    from harness.config import HARNESS_SETTINGS, load_protocol, resolve_config
+    from harness.config import HARNESS_SETTINGS, load_protocol, resolve_config, unused_settings
 
     try:
         loaded = load_protocol(name, dataset)
@@ -340,17 +340,24 @@ def protocol_show(
     table.add_column("setting", no_wrap=True)
     table.add_column("value", no_wrap=True)
     table.add_column("source")
+    unused = unused_settings(config)
     for key, value in config.flat().items():
         if key in ("data.dataset", "loss.name"):
             continue
+        section, _, setting = key.partition(".")
         reason = loaded.assumed.get(key)
         style = "bold yellow" if reason else None
-        if reason:
+        if key in unused:
+            source, style = f"not used: {unused[key]}", "dim"
+        elif reason:
             source = f"assumed: {reason}"
         elif key in HARNESS_SETTINGS:
             source = "harness setting, not part of the recipe"
-        else:
+        elif setting in loaded.sections.get(section, {}):
             source = "from the source"
+        else:
+            owner = "the loss's" if section == "loss" else "harness"
+            source = f"{owner} default; the protocol file does not set it"
         table.add_row(key, json.dumps(value), source, style=style)
     output.print(table)
     output.print(

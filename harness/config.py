@@ -315,6 +315,26 @@ def run_id_for(config: RunConfig, seed: int) -> str:
     return f"{config.data.dataset}-{config.loss.name}-{config.config_hash[:12]}-s{seed}"
 
 
+def unused_settings(config: RunConfig) -> dict[str, str]:
+    """Return ``section.key`` to the reason, for settings that this config's other choices leave unused."""
+    train, unused = config.train, {}
+    if train.optimizer == "sgd":
+        unused["train.adam_eps"] = "train.optimizer is sgd"
+    else:
+        unused["train.momentum"] = f"train.optimizer is {train.optimizer}"
+    if train.schedule in ("constant", "cosine"):
+        unused["train.lr_decay"] = f"train.schedule is {train.schedule}"
+    if train.schedule != "step":
+        unused["train.step_size"] = f"train.schedule is {train.schedule}"
+    if train.schedule != "multistep":
+        unused["train.milestones"] = f"train.schedule is {train.schedule}"
+    if not config.model.rbr:
+        unused["model.rbr_variant"] = "model.rbr is false"
+    if config.data.sampler != "class_balanced":
+        unused["data.images_per_class"] = f"data.sampler is {config.data.sampler}"
+    return unused
+
+
 def loss_hyperparameters(loss_name: str) -> dict[str, Any]:
     """Return a loss's hyperparameter names with their defaults, read from its constructor."""
     signature = inspect.signature(LOSSES[loss_name].__init__)

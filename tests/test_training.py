@@ -197,6 +197,19 @@ def test_protocol_show_lists_every_assumption(runner):
         assert name in listing.output
 
 
+def test_protocol_show_marks_unused_and_default_settings(runner, monkeypatch):
+    from harness import cli
+
+    # Wide enough that no cell wraps, so each row is one line.
+    monkeypatch.setattr(cli.output, "width", 1000)
+    result = runner.invoke(app, ["protocol", "show", "sgsl-paper", "--dataset", "cub"])
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in result.output.splitlines() if "│" in line}
+    assert rows["train.adam_eps"] == "not used: train.optimizer is sgd"
+    assert rows["train.step_size"] == "not used: train.schedule is multistep"
+    assert rows["loss.stop_gradient"] == "the loss's default; the protocol file does not set it"
+    assert rows["train.lr"] == "from the source" or rows["train.lr"].startswith("assumed:")
+
+
 @pytest.mark.parametrize("protocol", ["normsoftmax", "proxy-anchor", "proxynca-pp"])
 def test_recipes_resolve_for_every_dataset(protocol):
     for dataset in ("cub", "cars", "sop", "inshop"):
