@@ -59,13 +59,16 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(embeddings / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 1) -> float:
+def kmeans_nmi(
+    embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 1, gpu: bool = False
+) -> float:
     """Cluster with seeded k-means (k = number of classes) and return the NMI against the labels.
 
     faiss's k-means starts from randomly chosen points, runs ``restarts``
-    times and keeps the lowest objective; one random start can merge two
+    times and keeps the lowest objective. One random start can merge two
     clusters. scikit-learn's normalized_mutual_info_score (arithmetic mean)
-    scores the assignment.
+    scores the assignment. With ``gpu``, faiss runs the k-means on every GPU
+    it detects, which can change the NMI by float rounding.
     """
     num_classes = len(np.unique(labels))
     if num_classes < 2 or len(embeddings) <= num_classes:
@@ -79,6 +82,7 @@ def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: 
         min_points_per_centroid=1,
         max_points_per_centroid=len(embeddings),
         verbose=False,
+        gpu=gpu,
     )
     kmeans.train(embeddings)
     _, assignment = kmeans.index.search(embeddings, 1)
@@ -287,7 +291,7 @@ def evaluate_retrieval(
     values["map@r"] = float(average_precision.mean())
     values["r_precision"] = float(r_precision.mean())
     if compute_nmi:
-        values["nmi"] = kmeans_nmi(query, query_labels, seed, kmeans_restarts)
+        values["nmi"] = kmeans_nmi(query, query_labels, seed, kmeans_restarts, gpu=scores_of.name == "gpu")
     return RetrievalResult(
         values=values,
         excluded_queries=excluded,

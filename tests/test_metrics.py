@@ -288,11 +288,18 @@ class FakeGpuFaiss:
 
     def __init__(self):
         self.calls = 0
+        self.kmeans_gpus = []
 
     def install(self, monkeypatch):
         monkeypatch.setattr(evaluation.faiss, "StandardGpuResources", lambda: "resources", raising=False)
         monkeypatch.setattr(evaluation.faiss, "get_num_gpus", lambda: 1)
         monkeypatch.setattr(evaluation.faiss, "pairwise_distance_gpu", self.pairwise_distance_gpu, raising=False)
+        monkeypatch.setattr(evaluation.faiss, "index_cpu_to_all_gpus", self.index_cpu_to_all_gpus, raising=False)
+        monkeypatch.setattr(evaluation.faiss.extra_wrappers, "get_num_gpus", lambda: 1)
+
+    def index_cpu_to_all_gpus(self, index, ngpu):
+        self.kmeans_gpus.append(ngpu)
+        return index
 
     def pairwise_distance_gpu(self, resources, xq, xb, D, metric, device):
         assert resources == "resources"
@@ -316,12 +323,14 @@ def test_auto_search_uses_the_faiss_gpu_and_agrees_with_cpu(monkeypatch):
     rng = np.random.default_rng(4)
     embeddings, labels = clustered(rng, 400, 20, 16, spread=0.8)
     embeddings[100:140] = embeddings[100]  # a block of exact duplicates: ties
-    cpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], compute_nmi=False, search="cpu")
+    cpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], search="cpu")
     fake = FakeGpuFaiss()
     fake.install(monkeypatch)
-    gpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], compute_nmi=False, memory_mb=0.1)
-    assert cpu.search == "cpu" and gpu.search == "gpu"
+    gpu = evaluate_retrieval(embeddings, labels, [1, 2, 4, 8, 16], memory_mb=0.1)
+    assert cpu.search == "cpu"
+    assert gpu.search == "gpu"
     assert fake.calls > 1  # several chunks, each on the GPU
+    assert fake.kmeans_gpus == [1]  # the k-means for NMI on the GPU too
     for metric, value in cpu.values.items():
         assert gpu.values[metric] == pytest.approx(value, abs=1e-6), metric
 
