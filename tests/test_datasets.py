@@ -335,6 +335,12 @@ def test_run_on_fixture(runner, data_root, tmp_path, dataset):
     assert any("random initialization" in warning for warning in status["warnings"])
     stored = np.load(folder / "embeddings" / "test.npz")
     assert stored[stored.files[0]].dtype == np.float16
+    if dataset == "inshop":
+        assert sorted(stored.files) == ["gallery_embeddings", "gallery_labels", "query_embeddings", "query_labels"]
+    else:
+        assert sorted(stored.files) == ["embeddings", "labels"]
+    recheck = runner.invoke(app, ["evaluate", folder.name, "--results-dir", str(results)])
+    assert recheck.exit_code == 0, recheck.output
     report = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     assert "⚠" in (tmp_path / "report" / "report.md").read_text()
