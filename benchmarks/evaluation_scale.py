@@ -76,6 +76,11 @@ def main() -> None:
     parser.add_argument("--skip-library-at", type=int, nargs="*", default=[2048], help="dimensions where only ours runs")
     parser.add_argument("--search", nargs="+", default=["cpu"], choices=["cpu", "gpu"], help="our backends to time")
     args = parser.parse_args()
+    if "gpu" in args.search:
+        from harness.evaluation import faiss_gpu_count
+
+        if faiss_gpu_count() == 0:
+            parser.error("--search gpu needs a faiss build with GPU support that detects a GPU; this one detects none.")
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs; "

@@ -203,7 +203,9 @@ def evaluate(
     embeddings: Optional[Path] = typer.Option(
         None, "--embeddings", help="A .npz file of embeddings and labels produced anywhere, instead of a run."
     ),
-    k: str = typer.Option("1,2,4,8", "--k", help="Comma-separated K values of Recall@K (with --embeddings)."),
+    k: Optional[str] = typer.Option(
+        None, "--k", help="Comma-separated K values of Recall@K (with --embeddings; default 1,2,4,8)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object (with --embeddings)."),
     search: Optional[str] = typer.Option(
         None,
@@ -217,19 +219,19 @@ def evaluate(
     try:
         if (run_id is None) == (embeddings is None):
             raise HarnessError("pass either RUN_ID or --embeddings FILE.npz, not both or neither.")
+        if run_id is not None and (k is not None or as_json):
+            raise HarnessError(
+                "--k and --json apply only with --embeddings; a run is rechecked with its own eval.k. "
+                "Drop them, or pass --embeddings results/runs/RUN_ID/embeddings/test.npz."
+            )
         if embeddings is not None:
-            try:
-                k_values = [int(value) for value in k.split(",") if value.strip()]
-            except ValueError:
-                raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.") from None
-            if not k_values or min(k_values) < 1:
-                raise HarnessError(f"--k: invalid value '{k}'; expected comma-separated positive integers such as 1,2,4,8.")
+            k_values = _parse_k("1,2,4,8" if k is None else k)
             result = evaluate_embedding_arrays(load_embeddings_file(embeddings), k_values, search=search or "auto")
             if as_json:
                 payload = {**result.values, "excluded_queries": result.excluded_queries, "clipped_k": list(result.clipped_k)}
                 print(json.dumps(payload, sort_keys=True))
                 return
-            _print_metrics(f"{embeddings}", result.values, result.excluded_queries)
+            _print_metrics(f"{embeddings}", result.values, result.excluded_queries, clipped=result.clipped_k)
             return
         mismatches = recheck_run(run_id, results_dir, search)
     except HarnessError as error:
@@ -277,7 +279,9 @@ def recheck_run(run_id: str, results_dir: Path, search: Optional[str] = None) ->
             f"{result.search}; the two can differ by float rounding.",
             highlight=False,
         )
-    _print_metrics(f"{run_id} (recomputed from {path.name})", result.values, result.excluded_queries, stored)
+    _print_metrics(
+        f"{run_id} (recomputed from {path.name})", result.values, result.excluded_queries, stored, result.clipped_k
+    )
     mismatches = []
     for metric, value in result.values.items():
         if metric not in stored:
@@ -287,7 +291,21 @@ def recheck_run(run_id: str, results_dir: Path, search: Optional[str] = None) ->
     return mismatches
 
 
-def _print_metrics(title: str, values: dict, excluded: int, stored: dict | None = None) -> None:
+def _parse_k(text: str) -> list[int]:
+    """Return the K values of a comma-separated --k option."""
+    message = f"--k: invalid value '{text}'; expected comma-separated positive integers such as 1,2,4,8."
+    try:
+        values = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise HarnessError(message) from None
+    if min(values) < 1:
+        raise HarnessError(message)
+    return values
+
+
+def _print_metrics(
+    title: str, values: dict, excluded: int, stored: dict | None = None, clipped: tuple[int, ...] = ()
+) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value (%)", justify="right")
@@ -301,6 +319,12 @@ def _print_metrics(title: str, values: dict, excluded: int, stored: dict | None 
         table.add_row(*row)
     output.print(table)
     output.print(f"excluded queries (nothing to retrieve): {excluded}", highlight=False)
+    if clipped:
+        output.print(
+            f"K larger than the number of candidates, clipped to it: {', '.join(map(str, clipped))} "
+            "(Recall@K is 1 there wherever a positive exists)",
+            highlight=False,
+        )
 
 
 protocol_app = typer.Typer(no_args_is_help=True, help="List and inspect protocols.")

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import re
 import tomllib
 import typing
@@ -592,6 +593,8 @@ def _check_value(where: str, value: Any, field_type: Any, choices, minimum) -> N
         valid = isinstance(value, field_type)
     if not valid:
         raise ConfigError(f"{where}: expected a value of type {field_type.__name__}, got {value!r}.")
+    if field_type is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: invalid value {value!r}; expected a finite number.")
     if choices and value not in choices:
         raise ConfigError(f"{where}: invalid value {value!r}; allowed values: {', '.join(choices)}.")
     if minimum is not None and value < minimum:
@@ -647,7 +650,7 @@ def _check_loss_bounds(loss_name: str, hyperparameters: dict[str, Any]) -> None:
             continue
         value = hyperparameters[key]
         inside = value > limit if operator == ">" else value >= limit
-        if not inside:
+        if not inside or not math.isfinite(value):
             raise ConfigError(
                 f"loss.{key}: invalid value {value!r} for loss '{loss_name}'; expected a value {operator} {limit}. "
                 f"Its default is {loss_hyperparameters(loss_name)[key]!r}."

@@ -12,7 +12,9 @@ by reference index, so the ranking, and every metric, is deterministic.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -53,15 +55,23 @@ def _check_pair(embeddings: np.ndarray, labels: np.ndarray, name: str) -> tuple[
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
-    """Return float32 rows scaled to unit L2 norm; an all-zero row stays zero."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return np.ascontiguousarray(embeddings / np.maximum(norms, 1e-12), dtype=np.float32)
+    """Return float32 rows scaled to unit L2 norm. An all-zero row stays zero.
+
+    Each row is first divided by its largest absolute value, in float64 for
+    float64 input, so that neither the squares of the norm nor the cast to
+    float32 overflow or underflow, however large or small the values are.
+    """
+    embeddings = np.asarray(embeddings)
+    if embeddings.dtype != np.float64:
+        embeddings = embeddings.astype(np.float32, copy=False)
+    largest = np.maximum(embeddings.max(axis=1, keepdims=True), -embeddings.min(axis=1, keepdims=True))
+    scaled = (embeddings / np.where(largest > 0, largest, 1)).astype(np.float32, copy=False)
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    scaled /= np.where(norms > 0, norms, 1)
+    return np.ascontiguousarray(scaled)
 
 
-def kmeans_nmi(
-    embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 1, gpu: bool = False
-) -> float:
+def kmeans_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 1, gpu: bool = False) -> float:
     """Cluster with seeded k-means (k = number of classes) and return the NMI against the labels.
 
     faiss's k-means starts from randomly chosen points, runs ``restarts``
@@ -385,11 +395,36 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             array has the wrong dtype, shape or non-finite values. The
             message names the array.
     """
+    saving = "Save the arrays with np.savez(path, embeddings=..., labels=...)."
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: file not found. Pass the path of a .npz file of embeddings and labels.")
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    if start and not start.startswith((b"PK", b"\x93NUMPY")):
+        raise EvaluationError(f"{path}: cannot be read as a .npz file of arrays (it is not a NumPy file). {saving}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise EvaluationError(
+            f"{path}: cannot be read as a .npz file of arrays ({type(error).__name__}: {error}); it may be "
+            f"empty or truncated. {saving}"
+        ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise EvaluationError(f"{path}: contains a single array (a .npy file), not named arrays. {saving}")
+    try:
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"{path}: cannot be read as a .npz file of arrays ({error}).") from None
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise EvaluationError(f"{path}: an array cannot be read ({error}). {saving}") from None
+        raise EvaluationError(
+            f"{path}: an array contains Python objects, which are not read for safety. Store numbers only. {saving}"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise EvaluationError(
+            f"{path}: an array cannot be read ({type(error).__name__}: {error}); the file may be truncated. {saving}"
+        ) from None
     has_query_gallery = any(name in arrays for name in QUERY_GALLERY_ARRAYS)
     if has_query_gallery and any(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
         raise EvaluationError(
@@ -408,23 +443,37 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     for embeddings_name, labels_name in pairs:
         embeddings, labels = arrays[embeddings_name], arrays[labels_name]
         if not np.issubdtype(embeddings.dtype, np.floating):
-            raise EvaluationError(f"{path}: array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats.")
+            raise EvaluationError(
+                f"{path}: array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats. "
+                f"Convert it with .astype(np.float32) before saving."
+            )
         if embeddings.ndim != 2 or len(embeddings) == 0:
-            raise EvaluationError(f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0.")
+            raise EvaluationError(
+                f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0, "
+                "one row per image."
+            )
         if not np.isfinite(embeddings).all():
-            raise EvaluationError(f"{path}: array '{embeddings_name}' contains NaN or infinite values.")
+            bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+            raise EvaluationError(
+                f"{path}: array '{embeddings_name}' contains NaN or infinite values in {len(bad_rows)} rows "
+                f"(first at index {bad_rows[0]}). Recompute those embeddings, or drop the rows and their labels."
+            )
         zero_rows = np.flatnonzero(~embeddings.any(axis=1))
         if len(zero_rows):
             raise EvaluationError(
                 f"{path}: array '{embeddings_name}' has {len(zero_rows)} all-zero rows (first at index "
-                f"{zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined for it."
+                f"{zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined for it. "
+                "Recompute those embeddings, or drop the rows and their labels."
             )
         if not np.issubdtype(labels.dtype, np.integer):
-            raise EvaluationError(f"{path}: array '{labels_name}' has dtype {labels.dtype}; expected integers.")
+            raise EvaluationError(
+                f"{path}: array '{labels_name}' has dtype {labels.dtype}; expected integer class ids. "
+                "Convert it with .astype(np.int64) before saving."
+            )
         if labels.shape != (len(embeddings),):
             raise EvaluationError(
-                f"{path}: array '{labels_name}' has shape {labels.shape}; expected ({len(embeddings)},) "
-                f"to match '{embeddings_name}'."
+                f"{path}: array '{labels_name}' has shape {labels.shape}; expected ({len(embeddings)},), "
+                f"one class id per row of '{embeddings_name}'."
             )
     if len(pairs) == 2 and arrays["query_embeddings"].shape[1] != arrays["gallery_embeddings"].shape[1]:
         raise EvaluationError(
@@ -437,18 +486,18 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
 def evaluate_embedding_arrays(
     arrays: dict[str, np.ndarray], k_values: tuple[int, ...] | list[int], **options
 ) -> RetrievalResult:
-    """Evaluate the arrays of an embeddings file, in either layout, as float32.
+    """Evaluate the arrays of an embeddings file, in either layout.
 
     ``options`` are passed to evaluate_retrieval (compute_nmi, seed,
     kmeans_restarts, memory_mb, search).
     """
     if "query_embeddings" in arrays:
         return evaluate_retrieval(
-            arrays["query_embeddings"].astype(np.float32),
+            arrays["query_embeddings"],
             arrays["query_labels"],
             k_values,
-            arrays["gallery_embeddings"].astype(np.float32),
+            arrays["gallery_embeddings"],
             arrays["gallery_labels"],
             **options,
         )
-    return evaluate_retrieval(arrays["embeddings"].astype(np.float32), arrays["labels"], k_values, **options)
+    return evaluate_retrieval(arrays["embeddings"], arrays["labels"], k_values, **options)

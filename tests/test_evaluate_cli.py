@@ -123,3 +123,86 @@ def test_search_option(runner, tmp_path):
     assert gpu.exit_code == 2
     assert "eval.search: 'gpu' needs a faiss build with GPU support" in " ".join(gpu.output.split())
     assert "Traceback" not in gpu.output
+
+
+def write_unreadable(path, kind):
+    """Write a file that np.load cannot read as an archive of plain arrays."""
+    rng = np.random.default_rng(0)
+    if kind == "npy":
+        with open(path, "wb") as handle:
+            np.save(handle, rng.normal(size=(4, 2)))
+    elif kind == "truncated":
+        np.savez(path, embeddings=rng.normal(size=(200, 8)), labels=np.arange(200) % 5)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("embeddings,labels\n")
+    elif kind == "objects":
+        np.savez(path, embeddings=np.array([{"a": 1}, None], dtype=object), labels=np.zeros(2, int))
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("npy", "contains a single array (a .npy file)"),
+        ("truncated", "may be empty or truncated"),
+        ("empty", "may be empty or truncated"),
+        ("text", "it is not a NumPy file"),
+        ("objects", "contains Python objects, which are not read for safety"),
+    ],
+)
+def test_unreadable_files_rejected_with_the_fix(runner, tmp_path, kind, message):
+    path = tmp_path / "bad.npz"
+    write_unreadable(path, kind)
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(path)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert message in output
+    assert "np.savez(path, embeddings=..., labels=...)" in output
+    assert "allow_pickle" not in output
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_named(runner, tmp_path):
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(tmp_path / "nowhere.npz")])
+    assert result.exit_code == 2
+    assert "nowhere.npz: file not found" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("factor, dtype", [(1e30, np.float32), (1e-30, np.float32), (1e-50, np.float64), (1e40, np.float64)])
+def test_extreme_magnitudes_give_the_unscaled_metrics(runner, tmp_path, factor, dtype):
+    # Cosine similarity ignores scale, so the metrics must not change.
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 8, 300)
+    embeddings = rng.normal(size=(8, 16))[labels] + 1.5 * rng.normal(size=(300, 16))
+    plain, scaled = tmp_path / "plain.npz", tmp_path / "scaled.npz"
+    np.savez(plain, embeddings=embeddings.astype(np.float32), labels=labels)
+    np.savez(scaled, embeddings=(embeddings.astype(dtype) * dtype(factor)), labels=labels)
+    results = []
+    for path in (plain, scaled):
+        result = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.output))
+    for metric in ("recall@1", "recall@8", "map@r", "r_precision"):
+        assert results[1][metric] == pytest.approx(results[0][metric], abs=1e-6), metric
+
+
+def test_k_option_checked_and_clipping_shown(runner, tmp_path):
+    path = tmp_path / "small.npz"
+    np.savez(path, embeddings=np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32), labels=np.arange(10) % 3)
+    clipped = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1,50"])
+    assert clipped.exit_code == 0, clipped.output
+    assert "clipped to it: 50" in " ".join(clipped.output.split())
+    as_json = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1,50", "--json"])
+    assert json.loads(as_json.output)["clipped_k"] == [50]
+    for bad in ("1,,2", "0", "a", ""):
+        result = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", bad])
+        assert result.exit_code == 2, bad
+        assert "--k: invalid value" in result.output
+
+
+def test_k_and_json_rejected_with_a_run_id(runner, tmp_path):
+    result = runner.invoke(app, ["evaluate", "some-run", "--results-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 2
+    assert "--k and --json apply only with --embeddings" in " ".join(result.output.split())
