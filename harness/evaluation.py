@@ -57,15 +57,18 @@ def _check_pair(embeddings: np.ndarray, labels: np.ndarray, name: str) -> tuple[
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
     """Return float32 rows scaled to unit L2 norm. An all-zero row stays zero.
 
-    Each row is first divided by its largest absolute value, in float64 for
-    float64 input, so that neither the squares of the norm nor the cast to
-    float32 overflow or underflow, however large or small the values are.
+    A row whose largest absolute value lies outside [1e-15, 1e15] is first
+    divided by that value, in float64 for float64 input, so that neither the
+    squares of the norm nor the cast to float32 overflow or underflow. Other
+    rows are divided by 1, which is exact, so their result equals a plain
+    division by the float32 norm.
     """
     embeddings = np.asarray(embeddings)
     if embeddings.dtype != np.float64:
         embeddings = embeddings.astype(np.float32, copy=False)
     largest = np.maximum(embeddings.max(axis=1, keepdims=True), -embeddings.min(axis=1, keepdims=True))
-    scaled = (embeddings / np.where(largest > 0, largest, 1)).astype(np.float32, copy=False)
+    ordinary = ((largest >= 1e-15) & (largest <= 1e15)) | (largest == 0)
+    scaled = (embeddings / np.where(ordinary, 1, largest)).astype(np.float32, copy=False)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)
     scaled /= np.where(norms > 0, norms, 1)
     return np.ascontiguousarray(scaled)
