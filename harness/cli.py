@@ -212,21 +212,48 @@ def evaluate(
         "--search",
         help="Where the score blocks are computed: auto, cpu or gpu (default: the run's eval.search; auto for a file).",
     ),
+    nmi: Optional[bool] = typer.Option(
+        None, "--nmi/--no-nmi", help="Compute NMI (with --embeddings; default on). k-means takes minutes at SOP size."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the k-means for NMI (with --embeddings; default 0)."),
+    kmeans_restarts: Optional[int] = typer.Option(
+        None,
+        "--kmeans-restarts",
+        help="k-means runs for NMI, the lowest objective kept (with --embeddings; default: eval.kmeans_restarts, 3).",
+    ),
 ) -> None:
     """Recompute metrics from stored embeddings: a run's (and check them against its stored metrics) or any .npz file."""
+    from harness.config import EvalConfig
     from harness.evaluation import evaluate_embedding_arrays, load_embeddings_file
+    from harness.runner import MAX_SEED
 
     try:
         if (run_id is None) == (embeddings is None):
             raise HarnessError("pass either RUN_ID or --embeddings FILE.npz, not both or neither.")
-        if run_id is not None and (k is not None or as_json):
+        file_only = {"--k": k, "--json": as_json or None, "--nmi/--no-nmi": nmi, "--seed": seed}
+        file_only["--kmeans-restarts"] = kmeans_restarts
+        passed = [name for name, value in file_only.items() if value is not None]
+        if run_id is not None and passed:
             raise HarnessError(
-                "--k and --json apply only with --embeddings; a run is rechecked with its own eval.k. "
-                "Drop them, or pass --embeddings results/runs/RUN_ID/embeddings/test.npz."
+                f"{', '.join(passed)} apply only with --embeddings; a run is rechecked with its own eval settings "
+                "and seed. Drop them, or pass --embeddings results/runs/RUN_ID/embeddings/test.npz."
             )
         if embeddings is not None:
             k_values = _parse_k("1,2,4,8" if k is None else k)
-            result = evaluate_embedding_arrays(load_embeddings_file(embeddings), k_values, search=search or "auto")
+            defaults = EvalConfig()
+            if seed is not None and not 0 <= seed <= MAX_SEED:
+                raise HarnessError(f"--seed: invalid value {seed}; expected an integer from 0 to {MAX_SEED}.")
+            if kmeans_restarts is not None and kmeans_restarts < 1:
+                raise HarnessError(f"--kmeans-restarts: invalid value {kmeans_restarts}; expected 1 or more.")
+            result = evaluate_embedding_arrays(
+                load_embeddings_file(embeddings),
+                k_values,
+                compute_nmi=defaults.nmi if nmi is None else nmi,
+                seed=0 if seed is None else seed,
+                kmeans_restarts=defaults.kmeans_restarts if kmeans_restarts is None else kmeans_restarts,
+                memory_mb=defaults.memory_mb,
+                search=search or "auto",
+            )
             if as_json:
                 payload = {**result.values, "excluded_queries": result.excluded_queries, "clipped_k": list(result.clipped_k)}
                 print(json.dumps(payload, sort_keys=True))

@@ -70,6 +70,10 @@ def parse_loss_names(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# The largest seed: faiss's k-means for NMI stores its seed in a C int.
+MAX_SEED = 2**31 - 1
+
+
 def seed_list(seeds: int | None, seed: int | None) -> list[int]:
     """Turn ``--seeds N`` or ``--seed S`` into the list of seeds to run."""
     if seeds is not None and seed is not None:
@@ -79,8 +83,10 @@ def seed_list(seeds: int | None, seed: int | None) -> list[int]:
             raise ConfigError(f"--seeds: invalid value {seeds}; it must be at least 1 (seeds 0..N-1 are run).")
         return list(range(seeds))
     if seed is not None:
-        if seed < 0:
-            raise ConfigError(f"--seed: invalid value {seed}; seeds are non-negative integers.")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(
+                f"--seed: invalid value {seed}; seeds are integers from 0 to {MAX_SEED} (faiss's k-means takes a C int)."
+            )
         return [seed]
     return [0]
 

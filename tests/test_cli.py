@@ -20,6 +20,7 @@ def invoke(runner, args):
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seeds", "0"], "--seeds: invalid value 0"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seeds", "-2"], "--seeds: invalid value -2"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seed", "-1"], "--seed: invalid value -1"),
+        (["run", "--loss", "sgsl", "--dataset", "digits", "--seed", "2147483648"], "from 0 to 2147483647"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--seeds", "2", "--seed", "1"], "cannot be used together"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--protocol", "nope"], "protocol 'nope' not found"),
         (["run", "--loss", "sgsl", "--dataset", "digits", "--set", "train.epoch=1"], "unknown key 'train.epoch'"),

@@ -49,7 +49,8 @@ def test_outside_file_matches_direct_evaluation(runner, tmp_path):
     result = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1,2,4", "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
-    expected = evaluate_retrieval(embeddings, labels, [1, 2, 4])
+    # A file is scored with the harness's eval defaults: k-means seed 0, three restarts.
+    expected = evaluate_retrieval(embeddings, labels, [1, 2, 4], seed=0, kmeans_restarts=3)
     for metric, value in expected.values.items():
         assert printed[metric] == pytest.approx(value, abs=1e-12)
     assert printed["excluded_queries"] == 0
@@ -202,7 +203,61 @@ def test_k_option_checked_and_clipping_shown(runner, tmp_path):
         assert "--k: invalid value" in result.output
 
 
-def test_k_and_json_rejected_with_a_run_id(runner, tmp_path):
-    result = runner.invoke(app, ["evaluate", "some-run", "--results-dir", str(tmp_path), "--json"])
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--json"], "--json apply only"),
+        (["--k", "1", "--json"], "--k, --json apply only"),
+        (["--no-nmi"], "--nmi/--no-nmi apply only"),
+        (["--seed", "3", "--kmeans-restarts", "2"], "--seed, --kmeans-restarts apply only"),
+    ],
+)
+def test_file_options_rejected_with_a_run_id(runner, tmp_path, options, named):
+    result = runner.invoke(app, ["evaluate", "some-run", "--results-dir", str(tmp_path), *options])
     assert result.exit_code == 2
-    assert "--k and --json apply only with --embeddings" in " ".join(result.output.split())
+    assert f"{named} with --embeddings" in " ".join(result.output.split())
+
+
+def test_nmi_options_of_a_file(runner, tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 6))
+    labels = rng.integers(0, 5, 90)
+    embeddings = (centres[labels] + 1.5 * rng.normal(size=(90, 6))).astype(np.float32)
+    path = tmp_path / "file.npz"
+    np.savez(path, embeddings=embeddings, labels=labels)
+
+    def scored(*options):
+        result = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1", "--json", *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert "nmi" not in scored("--no-nmi")
+    chosen = scored("--seed", "7", "--kmeans-restarts", "2")["nmi"]
+    expected = evaluate_retrieval(embeddings, labels, [1], seed=7, kmeans_restarts=2).values["nmi"]
+    assert chosen == expected
+    for options, message in (
+        (["--seed", "-1"], "--seed: invalid value -1"),
+        (["--seed", "2147483648"], "--seed: invalid value 2147483648"),
+        (["--kmeans-restarts", "0"], "--kmeans-restarts: invalid value 0"),
+    ):
+        result = runner.invoke(app, ["evaluate", "--embeddings", str(path), *options])
+        assert result.exit_code == 2, options
+        assert message in result.output
+
+
+def test_run_file_scored_outside_gives_the_stored_metrics(runner, tmp_path):
+    # With the run's seed and k-means restarts, scoring its stored file as an
+    # outside file gives the stored metrics, NMI included.
+    results = tmp_path / "results"
+    run = runner.invoke(
+        app, ["run", "--loss", "softmax", "--dataset", "digits", "--seed", "2", "--results-dir", str(results), "--quiet", *TINY]
+    )
+    assert run.exit_code == 0, run.output
+    folder = next((results / "runs").iterdir())
+    metrics = pd.read_parquet(folder / "metrics.parquet")
+    stored = dict(zip(metrics[metrics["primary"]]["metric"], metrics[metrics["primary"]]["value"]))
+    options = ["--k", "1,2,4,8", "--json", "--seed", "2", "--kmeans-restarts", "1"]
+    result = runner.invoke(app, ["evaluate", "--embeddings", str(folder / "embeddings" / "test.npz"), *options])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert {metric: printed[metric] for metric in stored} == stored
