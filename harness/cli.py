@@ -234,9 +234,11 @@ def evaluate(
         file_only["--kmeans-restarts"] = kmeans_restarts
         passed = [name for name, value in file_only.items() if value is not None]
         if run_id is not None and passed:
+            names = passed[0] + " applies" if len(passed) == 1 else ", ".join(passed) + " apply"
+            stored_file = results_dir / "runs" / run_id / "embeddings" / "test.npz"
             raise HarnessError(
-                f"{', '.join(passed)} apply only with --embeddings; a run is rechecked with its own eval settings "
-                "and seed. Drop them, or pass --embeddings results/runs/RUN_ID/embeddings/test.npz."
+                f"{names} only with --embeddings; a run is rechecked with its own eval settings and seed. "
+                f"Drop them, or score the run's file as an outside one: --embeddings {stored_file}."
             )
         if embeddings is not None:
             k_values = _parse_k("1,2,4,8" if k is None else k)
@@ -287,11 +289,30 @@ def recheck_run(run_id: str, results_dir: Path, search: Optional[str] = None) ->
 
     store = ResultStore(results_dir)
     run_dir = store.run_dir(run_id)
+    if not run_dir.is_dir():
+        known = ", ".join(store.run_ids()[:5]) or "none"
+        raise HarnessError(
+            f"no run '{run_id}' in {store.runs_dir} (runs there: {known}). Choose the results folder with "
+            "--results-dir."
+        )
     if not store.is_finished(run_id):
-        raise HarnessError(f"run '{run_id}' is not a finished run in {store.runs_dir}.")
+        status = store.status(run_id) or {}
+        state = status.get("state", "unknown")
+        advice = (
+            f"It failed: {status.get('reason', 'see its status.json')}."
+            if state == "failed"
+            else f"If it was interrupted, finish it with harness run --resume {run_id}."
+        )
+        raise HarnessError(
+            f"run '{run_id}' in {store.runs_dir} has not finished (state: {state}), so it has no metrics to "
+            f"recheck. {advice}"
+        )
     path = run_dir / "embeddings" / "test.npz"
     if not path.exists():
-        raise HarnessError(f"run '{run_id}' has no stored embeddings ({path} not found); it predates embedding storage.")
+        raise HarnessError(
+            f"run '{run_id}' has no stored embeddings: {path} is missing. It was deleted, or the run was made "
+            "before runs stored their embeddings; rerun it with --force to store them."
+        )
     stored_config = read_json(run_dir / "config.json")
     config = RunConfig.from_dict(stored_config["config"])
     if search is not None:
@@ -319,7 +340,7 @@ def recheck_run(run_id: str, results_dir: Path, search: Optional[str] = None) ->
 
 
 def _parse_k(text: str) -> list[int]:
-    """Return the K values of a comma-separated --k option."""
+    """Return the sorted, distinct K values of a comma-separated --k option."""
     message = f"--k: invalid value '{text}'; expected comma-separated positive integers such as 1,2,4,8."
     try:
         values = [int(item) for item in text.split(",")]
@@ -327,7 +348,7 @@ def _parse_k(text: str) -> list[int]:
         raise HarnessError(message) from None
     if min(values) < 1:
         raise HarnessError(message)
-    return values
+    return sorted(set(values))
 
 
 def _print_metrics(
@@ -403,7 +424,8 @@ def protocol_show(
         elif reason:
             source = f"assumed: {reason}"
         elif key in HARNESS_SETTINGS:
-            source = "harness setting, not part of the recipe"
+            where = "set by the protocol file" if setting in loaded.sections.get(section, {}) else "default"
+            source = f"harness setting ({where}), not part of the recipe"
         elif setting in loaded.sections.get(section, {}):
             source = "from the source"
         else:

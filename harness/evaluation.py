@@ -169,12 +169,12 @@ def score_blocks(reference: np.ndarray, search: str = "auto"):
         EvaluationError: ``search`` is unknown, or is gpu without a faiss GPU.
     """
     if search not in SEARCH_BACKENDS:
-        raise EvaluationError(f"eval.search: expected one of {', '.join(SEARCH_BACKENDS)}, got {search!r}.")
+        raise EvaluationError(f"eval.search (--search): expected one of {', '.join(SEARCH_BACKENDS)}, got {search!r}.")
     gpus = faiss_gpu_count()
     if search == "gpu" and gpus == 0:
         raise EvaluationError(
-            f"eval.search: 'gpu' needs a faiss build with GPU support, and faiss {faiss.__version__} here detects "
-            "no GPU. Install one on a CUDA machine (the faiss-gpu-cu12 package), or set eval.search to cpu or auto."
+            f"eval.search (--search): 'gpu' needs a faiss build with GPU support, and faiss {faiss.__version__} "
+            "here detects no GPU. Install one on a CUDA machine (the faiss-gpu-cu12 package), or choose cpu or auto."
         )
     if search == "gpu" or (search == "auto" and gpus > 0):
         return _FaissGpuScores(reference)
@@ -252,7 +252,8 @@ def evaluate_retrieval(
     excluded = int((~scorable).sum())
     if not scorable.any():
         raise EvaluationError(
-            f"no query has another item of its class in the reference set ({len(query)} queries); "
+            "no query has another item of its class in the reference set "
+            f"({_count(len(query), 'query', 'queries')}); "
             "nothing can be retrieved, so no metric is defined."
         )
 
@@ -400,6 +401,8 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     """
     saving = "Save the arrays with np.savez(path, embeddings=..., labels=...)."
     path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder, not a file. Pass the path of a .npz file of embeddings and labels.")
     if not path.is_file():
         raise EvaluationError(f"{path}: file not found. Pass the path of a .npz file of embeddings and labels.")
     with open(path, "rb") as handle:
@@ -409,6 +412,10 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if "pickle" in str(error):
+            raise EvaluationError(
+                f"{path}: holds Python objects, which are not read for safety. Store numbers only. {saving}"
+            ) from None
         raise EvaluationError(
             f"{path}: cannot be read as a .npz file of arrays ({type(error).__name__}: {error}); it may be "
             f"empty or truncated. {saving}"
@@ -428,6 +435,11 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
         raise EvaluationError(
             f"{path}: an array cannot be read ({type(error).__name__}: {error}); the file may be truncated. {saving}"
         ) from None
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise EvaluationError(
+                f"{path}: array '{name}' cannot be read (its entry is not in NumPy's .npy format). {saving}"
+            )
     has_query_gallery = any(name in arrays for name in QUERY_GALLERY_ARRAYS)
     if has_query_gallery and any(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
         raise EvaluationError(
@@ -439,8 +451,10 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     elif all(name in arrays for name in LEAVE_ONE_OUT_ARRAYS):
         pairs = (("embeddings", "labels"),)
     else:
+        layout = QUERY_GALLERY_ARRAYS if has_query_gallery else LEAVE_ONE_OUT_ARRAYS
+        missing = ", ".join(repr(name) for name in layout if name not in arrays)
         raise EvaluationError(
-            f"{path}: missing arrays; found {sorted(arrays)}, expected 'embeddings' and 'labels' "
+            f"{path}: missing {missing}; found {sorted(arrays)}, expected 'embeddings' and 'labels' "
             "(leave-one-out) or 'query_embeddings', 'query_labels', 'gallery_embeddings', 'gallery_labels'."
         )
     for embeddings_name, labels_name in pairs:
@@ -450,23 +464,30 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
                 f"{path}: array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats. "
                 f"Convert it with .astype(np.float32) before saving."
             )
-        if embeddings.ndim != 2 or len(embeddings) == 0:
+        if embeddings.ndim != 2 or 0 in embeddings.shape:
             raise EvaluationError(
-                f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0, "
-                "one row per image."
+                f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0 "
+                "and D > 0, one row per image."
             )
         if not np.isfinite(embeddings).all():
             bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
             raise EvaluationError(
-                f"{path}: array '{embeddings_name}' contains NaN or infinite values in {len(bad_rows)} rows "
+                f"{path}: array '{embeddings_name}' contains NaN or infinite values in "
+                f"{_count(len(bad_rows), 'row', 'rows')} "
                 f"(first at index {bad_rows[0]}). Recompute those embeddings, or drop the rows and their labels."
             )
         zero_rows = np.flatnonzero(~embeddings.any(axis=1))
         if len(zero_rows):
             raise EvaluationError(
-                f"{path}: array '{embeddings_name}' has {len(zero_rows)} all-zero rows (first at index "
+                f"{path}: array '{embeddings_name}' has {_count(len(zero_rows), 'all-zero row', 'all-zero rows')} "
+                "(first at index "
                 f"{zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined for it. "
                 "Recompute those embeddings, or drop the rows and their labels."
+            )
+        if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+            raise EvaluationError(
+                f"{path}: array '{labels_name}' holds non-integer values; expected integer class ids. Map each "
+                "class to an id, for example with np.unique(labels, return_inverse=True)[1], before saving."
             )
         if not np.issubdtype(labels.dtype, np.integer):
             raise EvaluationError(
@@ -481,9 +502,14 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     if len(pairs) == 2 and arrays["query_embeddings"].shape[1] != arrays["gallery_embeddings"].shape[1]:
         raise EvaluationError(
             f"{path}: 'query_embeddings' has dimension {arrays['query_embeddings'].shape[1]} but "
-            f"'gallery_embeddings' has {arrays['gallery_embeddings'].shape[1]}."
+            f"'gallery_embeddings' has {arrays['gallery_embeddings'].shape[1]}. Compute both with the same model "
+            "and embedding head."
         )
     return arrays
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def evaluate_embedding_arrays(

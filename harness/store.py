@@ -62,9 +62,24 @@ def write_npz(path: Path, arrays: dict) -> None:
     _atomic_write(path, write)
 
 
+class DamagedFile(HarnessError):
+    """A stored file that exists but cannot be parsed."""
+
+
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """Read a stored JSON file.
+
+    Raises:
+        DamagedFile: the file is not valid JSON (edited by hand or cut off).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedFile(
+            f"{path}: damaged, not valid JSON ({error}). Restore it from a backup, or delete the run folder "
+            f"{path.parent} and run it again."
+        ) from None
 
 
 class ResultStore:
@@ -91,6 +106,16 @@ class ResultStore:
             ) from None
 
     def run_dir(self, run_id: str) -> Path:
+        """Return a run's folder.
+
+        Raises:
+            HarnessError: ``run_id`` is a path rather than a folder name.
+        """
+        if not run_id or run_id in (".", "..") or "/" in run_id or "\\" in run_id:
+            raise HarnessError(
+                f"invalid run id '{run_id}': pass the name of a folder in {self.runs_dir}, such as "
+                "digits-sgsl-1234abcd5678-s0, and choose its results folder with --results-dir."
+            )
         return self.runs_dir / run_id
 
     def status(self, run_id: str) -> dict[str, Any] | None:
@@ -100,7 +125,7 @@ class ResultStore:
             return None
         try:
             return read_json(path)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, DamagedFile):
             return None
 
     def is_finished(self, run_id: str) -> bool:

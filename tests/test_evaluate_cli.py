@@ -1,6 +1,8 @@
 """harness evaluate: re-checking a run from its stored embeddings, and scoring outside files."""
 
 import json
+import shutil
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -81,7 +83,26 @@ def test_query_gallery_file(runner, tmp_path):
 @pytest.mark.parametrize(
     "arrays, message",
     [
-        ({"embeddings": np.ones((3, 2), np.float32)}, "missing arrays"),
+        ({"embeddings": np.ones((3, 2), np.float32)}, "missing 'labels'; found ['embeddings']"),
+        (
+            {"query_embeddings": np.eye(2, dtype=np.float32), "query_labels": np.zeros(2, int)},
+            "missing 'gallery_embeddings', 'gallery_labels'",
+        ),
+        ({"embeddings": np.ones((3, 0), np.float32), "labels": np.zeros(3, int)}, "has shape (3, 0); expected (N, D)"),
+        ({"embeddings": np.eye(3, dtype=np.float32), "labels": np.array([0, 0.5, 1])}, "'labels' holds non-integer"),
+        (
+            {
+                "query_embeddings": np.eye(2, dtype=np.float32),
+                "query_labels": np.zeros(2, int),
+                "gallery_embeddings": np.eye(3, dtype=np.float32),
+                "gallery_labels": np.zeros(3, int),
+            },
+            "'gallery_embeddings' has 3. Compute both with the same model",
+        ),
+        (
+            {"embeddings": np.array([[1, 0], [np.inf, 0], [1, 1]], np.float32), "labels": np.zeros(3, int)},
+            "infinite values in 1 row (first at index 1)",
+        ),
         ({"embeddings": np.ones((3, 2), np.float32), "labels": np.zeros(2, int)}, "array 'labels' has shape"),
         ({"embeddings": np.full((3, 2), np.nan, np.float32), "labels": np.zeros(3, int)}, "array 'embeddings' contains NaN"),
         ({"embeddings": np.ones((3, 2), np.int32), "labels": np.zeros(3, int)}, "array 'embeddings' has dtype int32"),
@@ -89,6 +110,10 @@ def test_query_gallery_file(runner, tmp_path):
         (
             {"embeddings": np.array([[1, 0], [0, 0], [0, 0]], np.float32), "labels": np.zeros(3, int)},
             "array 'embeddings' has 2 all-zero rows (first at index 1)",
+        ),
+        (
+            {"embeddings": np.array([[1, 0], [0, 0], [1, 1]], np.float32), "labels": np.zeros(3, int)},
+            "array 'embeddings' has 1 all-zero row (first at index 1)",
         ),
         (
             {
@@ -122,8 +147,11 @@ def test_search_option(runner, tmp_path):
     assert cpu.exit_code == 0, cpu.output
     gpu = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--search", "gpu"])
     assert gpu.exit_code == 2
-    assert "eval.search: 'gpu' needs a faiss build with GPU support" in " ".join(gpu.output.split())
+    assert "eval.search (--search): 'gpu' needs a faiss build with GPU support" in " ".join(gpu.output.split())
     assert "Traceback" not in gpu.output
+    unknown = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--search", "tpu"])
+    assert unknown.exit_code == 2
+    assert "eval.search (--search): expected one of auto, cpu, gpu, got 'tpu'" in " ".join(unknown.output.split())
 
 
 def write_unreadable(path, kind):
@@ -141,6 +169,14 @@ def write_unreadable(path, kind):
         path.write_text("embeddings,labels\n")
     elif kind == "objects":
         np.savez(path, embeddings=np.array([{"a": 1}, None], dtype=object), labels=np.zeros(2, int))
+    elif kind == "npy-objects":
+        np.save(path.with_suffix(".npy"), np.array([{"a": 1}, None], dtype=object))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "raw-entry":
+        # A zip archive whose .npy entries lack NumPy's header: np.load hands back bytes.
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("embeddings.npy", b"garbage")
+            archive.writestr("labels.npy", b"garbage")
 
 
 @pytest.mark.parametrize(
@@ -151,6 +187,8 @@ def write_unreadable(path, kind):
         ("empty", "may be empty or truncated"),
         ("text", "it is not a NumPy file"),
         ("objects", "contains Python objects, which are not read for safety"),
+        ("npy-objects", "holds Python objects, which are not read for safety"),
+        ("raw-entry", "array 'embeddings' cannot be read (its entry is not in NumPy's .npy format)"),
     ],
 )
 def test_unreadable_files_rejected_with_the_fix(runner, tmp_path, kind, message):
@@ -169,6 +207,9 @@ def test_missing_file_named(runner, tmp_path):
     result = runner.invoke(app, ["evaluate", "--embeddings", str(tmp_path / "nowhere.npz")])
     assert result.exit_code == 2
     assert "nowhere.npz: file not found" in " ".join(result.output.split())
+    folder = runner.invoke(app, ["evaluate", "--embeddings", str(tmp_path)])
+    assert folder.exit_code == 2
+    assert "is a folder, not a file" in " ".join(folder.output.split())
 
 
 @pytest.mark.parametrize("factor, dtype", [(1e30, np.float32), (1e-30, np.float32), (1e-50, np.float64), (1e40, np.float64)])
@@ -197,6 +238,8 @@ def test_k_option_checked_and_clipping_shown(runner, tmp_path):
     assert "clipped to it: 50" in " ".join(clipped.output.split())
     as_json = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "1,50", "--json"])
     assert json.loads(as_json.output)["clipped_k"] == [50]
+    ordered = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", "4,1,4", "--json"])
+    assert [key for key in json.loads(ordered.output) if key.startswith("recall@")] == ["recall@1", "recall@4"]
     for bad in ("1,,2", "0", "a", ""):
         result = runner.invoke(app, ["evaluate", "--embeddings", str(path), "--k", bad])
         assert result.exit_code == 2, bad
@@ -206,16 +249,53 @@ def test_k_option_checked_and_clipping_shown(runner, tmp_path):
 @pytest.mark.parametrize(
     "options, named",
     [
-        (["--json"], "--json apply only"),
+        (["--json"], "--json applies only"),
         (["--k", "1", "--json"], "--k, --json apply only"),
-        (["--no-nmi"], "--nmi/--no-nmi apply only"),
+        (["--no-nmi"], "--nmi/--no-nmi applies only"),
         (["--seed", "3", "--kmeans-restarts", "2"], "--seed, --kmeans-restarts apply only"),
     ],
 )
 def test_file_options_rejected_with_a_run_id(runner, tmp_path, options, named):
     result = runner.invoke(app, ["evaluate", "some-run", "--results-dir", str(tmp_path), *options])
     assert result.exit_code == 2
-    assert f"{named} with --embeddings" in " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert f"{named} with --embeddings" in output
+    assert f"--embeddings {tmp_path / 'runs' / 'some-run' / 'embeddings' / 'test.npz'}" in output
+
+
+def test_run_id_problems_named(runner, tmp_path):
+    results = tmp_path / "results"
+    run = runner.invoke(app, ["run", "--loss", "sgsl", "--dataset", "digits", "--results-dir", str(results), "--quiet", *TINY])
+    assert run.exit_code == 0, run.output
+    folder = next((results / "runs").iterdir())
+
+    def message(run_id):
+        result = runner.invoke(app, ["evaluate", run_id, "--results-dir", str(results)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    assert f"no run 'nosuch' in {results / 'runs'} (runs there: {folder.name})" in message("nosuch")
+    assert "--results-dir" in message("nosuch")
+    for path_like in (str(folder), f"../runs/{folder.name}", ".."):
+        assert "invalid run id" in message(path_like)
+
+    copy = results / "runs" / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "embeddings" / "test.npz").unlink()
+    assert f"{copy / 'embeddings' / 'test.npz'} is missing. It was deleted" in message("copy")
+    shutil.copy(folder / "embeddings" / "test.npz", copy / "embeddings" / "test.npz")
+    (copy / "config.json").write_text("{")
+    assert f"{copy / 'config.json'}: damaged, not valid JSON" in message("copy")
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 2
+    assert f"{copy / 'config.json'}: damaged, not valid JSON" in " ".join(report.output.split())
+    status = json.loads((copy / "status.json").read_text())
+    (copy / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    assert "has not finished (state: running)" in message("copy")
+    assert "harness run --resume copy" in message("copy")
+    (copy / "status.json").write_text(json.dumps({**status, "state": "failed", "reason": "loss became NaN"}))
+    assert "It failed: loss became NaN." in message("copy")
 
 
 def test_nmi_options_of_a_file(runner, tmp_path):

@@ -343,13 +343,13 @@ def test_auto_search_without_a_gpu_uses_the_cpu():
 
 
 def test_gpu_search_without_a_gpu_names_the_setting_and_the_fix():
-    with pytest.raises(EvaluationError, match="eval.search: 'gpu' needs a faiss build with GPU support") as error:
+    with pytest.raises(EvaluationError, match=r"eval.search \(--search\): 'gpu' needs a faiss build with GPU support") as error:
         evaluate_retrieval(unit_vectors([0.0, 0.1]), np.array([0, 0]), [1], compute_nmi=False, search="gpu")
     assert "faiss-gpu-cu12" in str(error.value) and "cpu or auto" in str(error.value)
 
 
 def test_unknown_search_backend_rejected():
-    with pytest.raises(EvaluationError, match="eval.search: expected one of auto, cpu, gpu, got 'cuda'"):
+    with pytest.raises(EvaluationError, match=r"eval.search \(--search\): expected one of auto, cpu, gpu, got 'cuda'"):
         evaluate_retrieval(unit_vectors([0.0, 0.1]), np.array([0, 0]), [1], compute_nmi=False, search="cuda")
 
 

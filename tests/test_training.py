@@ -208,6 +208,8 @@ def test_protocol_show_marks_unused_and_default_settings(runner, monkeypatch):
     assert rows["train.step_size"] == "not used: train.schedule is multistep"
     assert rows["loss.stop_gradient"] == "the loss's default; the protocol file does not set it"
     assert rows["train.lr"] == "from the source" or rows["train.lr"].startswith("assumed:")
+    assert rows["eval.kmeans_restarts"] == "harness setting (set by the protocol file), not part of the recipe"
+    assert rows["eval.search"] == "harness setting (default), not part of the recipe"
 
 
 @pytest.mark.parametrize("protocol", ["normsoftmax", "proxy-anchor", "proxynca-pp"])
