@@ -225,13 +225,18 @@ def evaluate(
     """Recompute metrics from stored embeddings: a run's (and check them against its stored metrics) or any .npz file."""
     from harness.config import EvalConfig
     from harness.evaluation import evaluate_embedding_arrays, load_embeddings_file
-    from harness.runner import MAX_SEED
+    from harness.runner import check_seed
 
     try:
         if (run_id is None) == (embeddings is None):
             raise HarnessError("pass either RUN_ID or --embeddings FILE.npz, not both or neither.")
-        file_only = {"--k": k, "--json": as_json or None, "--nmi/--no-nmi": nmi, "--seed": seed}
-        file_only["--kmeans-restarts"] = kmeans_restarts
+        file_only = {
+            "--k": k,
+            "--json": as_json or None,
+            "--nmi/--no-nmi": nmi,
+            "--seed": seed,
+            "--kmeans-restarts": kmeans_restarts,
+        }
         passed = [name for name, value in file_only.items() if value is not None]
         if run_id is not None and passed:
             names = passed[0] + " applies" if len(passed) == 1 else ", ".join(passed) + " apply"
@@ -243,15 +248,14 @@ def evaluate(
         if embeddings is not None:
             k_values = _parse_k("1,2,4,8" if k is None else k)
             defaults = EvalConfig()
-            if seed is not None and not 0 <= seed <= MAX_SEED:
-                raise HarnessError(f"--seed: invalid value {seed}; expected an integer from 0 to {MAX_SEED}.")
+            nmi_seed = 0 if seed is None else check_seed(seed)
             if kmeans_restarts is not None and kmeans_restarts < 1:
                 raise HarnessError(f"--kmeans-restarts: invalid value {kmeans_restarts}; expected 1 or more.")
             result = evaluate_embedding_arrays(
                 load_embeddings_file(embeddings),
                 k_values,
                 compute_nmi=defaults.nmi if nmi is None else nmi,
-                seed=0 if seed is None else seed,
+                seed=nmi_seed,
                 kmeans_restarts=defaults.kmeans_restarts if kmeans_restarts is None else kmeans_restarts,
                 memory_mb=defaults.memory_mb,
                 search=search or "auto",

@@ -36,22 +36,69 @@ class RetrievalResult:
     search: str = "cpu"
 
 
-def _check_pair(embeddings: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(
+    embeddings: np.ndarray, labels: np.ndarray, embeddings_name: str, labels_name: str, where: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check one array of embeddings and its labels, and return them with the labels as int64.
+
+    ``where`` prefixes each message (an embeddings file's path and a colon).
+
+    Raises:
+        EvaluationError: a wrong dtype or shape, non-finite embeddings or
+            non-integer labels. The message names the array and the fix.
+    """
     embeddings = np.asarray(embeddings)
     labels = np.asarray(labels)
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        raise EvaluationError(f"{name}: expected a non-empty 2-D array of embeddings, got shape {embeddings.shape}.")
     if not np.issubdtype(embeddings.dtype, np.floating):
-        raise EvaluationError(f"{name}: expected floating-point embeddings, got dtype {embeddings.dtype}.")
-    if labels.ndim != 1 or len(labels) != len(embeddings):
         raise EvaluationError(
-            f"{name}: expected one label per embedding ({len(embeddings)}), got labels of shape {labels.shape}."
+            f"{where}array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats (a floating-point "
+            "dtype). Convert it with .astype(np.float32)."
+        )
+    if embeddings.ndim != 2 or 0 in embeddings.shape:
+        raise EvaluationError(
+            f"{where}array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0 and "
+            "D > 0: a 2-D array, one row per image."
+        )
+    if not np.isfinite(embeddings).all():
+        bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        raise EvaluationError(
+            f"{where}array '{embeddings_name}' contains NaN or infinite values in "
+            f"{_count(len(bad_rows), 'row', 'rows')} (first at index {bad_rows[0]}). Recompute those "
+            "embeddings, or drop the rows and their labels."
+        )
+    if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+        raise EvaluationError(
+            f"{where}array '{labels_name}' contains non-integer values; expected integer class ids. Map each "
+            "class to an id first, for example with np.unique(labels, return_inverse=True)[1]."
         )
     if not np.issubdtype(labels.dtype, np.integer):
-        raise EvaluationError(f"{name}: expected integer labels, got dtype {labels.dtype}.")
-    if not np.isfinite(embeddings).all():
-        raise EvaluationError(f"{name}: embeddings contain NaN or infinite values.")
+        raise EvaluationError(
+            f"{where}array '{labels_name}' has dtype {labels.dtype}; expected integer labels (class ids). "
+            "Convert it with .astype(np.int64)."
+        )
+    if labels.shape != (len(embeddings),):
+        raise EvaluationError(
+            f"{where}array '{labels_name}' has shape {labels.shape}; expected ({len(embeddings)},), one label "
+            f"per embedding (row of '{embeddings_name}')."
+        )
     return embeddings, labels.astype(np.int64)
+
+
+def check_same_dimension(query: np.ndarray, gallery: np.ndarray, where: str = "") -> None:
+    """Check that queries and gallery embeddings have the same number of columns.
+
+    Raises:
+        EvaluationError: the dimensions differ.
+    """
+    if query.shape[1] != gallery.shape[1]:
+        raise EvaluationError(
+            f"{where}'query_embeddings' has dimension {query.shape[1]} but 'gallery_embeddings' has "
+            f"{gallery.shape[1]}. Compute both with the same model and embedding head."
+        )
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
@@ -220,18 +267,18 @@ def evaluate_retrieval(
         EvaluationError: the inputs are malformed, no query has anything to
             retrieve, or the ``search`` backend is not available.
     """
-    query, query_labels = _check_pair(embeddings, labels, "embeddings")
     leave_one_out = gallery_embeddings is None
     if leave_one_out:
+        query, query_labels = check_pair(embeddings, labels, "embeddings", "labels")
         reference, reference_labels = query, query_labels
     else:
         if gallery_labels is None:
             raise EvaluationError("gallery_labels: missing; a gallery needs one label per embedding.")
-        reference, reference_labels = _check_pair(gallery_embeddings, gallery_labels, "gallery_embeddings")
-        if reference.shape[1] != query.shape[1]:
-            raise EvaluationError(
-                f"gallery_embeddings: dimension {reference.shape[1]} differs from the queries' {query.shape[1]}."
-            )
+        query, query_labels = check_pair(embeddings, labels, "query_embeddings", "query_labels")
+        reference, reference_labels = check_pair(
+            gallery_embeddings, gallery_labels, "gallery_embeddings", "gallery_labels"
+        )
+        check_same_dimension(query, reference)
     k_values = tuple(int(k) for k in k_values)
     if not k_values or min(k_values) < 1:
         raise EvaluationError(f"k: expected positive integers, got {k_values}.")
@@ -264,6 +311,8 @@ def evaluate_retrieval(
     r_precision = np.empty(len(query_rows))
     rows_per_chunk = chunk_rows(len(reference), memory_mb)
     scores_of = score_blocks(reference, search)
+    width = int(counts.max())
+    slots = np.arange(width)
 
     for start in range(0, len(query_rows), rows_per_chunk):
         rows = query_rows[start : start + rows_per_chunk]
@@ -274,9 +323,8 @@ def evaluate_retrieval(
             scores[local, rows] = -np.inf
 
         # Best positive per query, then the first positive index among ties with it.
-        width = int(counts.max())
-        offsets = starts[position[rows]][:, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < counts[position[rows]][:, None]
+        offsets = starts[position[rows]][:, None] + slots[None, :]
+        valid = slots[None, :] < counts[position[rows]][:, None]
         positive_index = order[np.minimum(offsets, len(order) - 1)]
         positive_scores = np.where(valid, scores[local[:, None], positive_index], -np.inf)
         if leave_one_out:
@@ -399,8 +447,9 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             array has the wrong dtype, shape or non-finite values. The
             message names the array.
     """
-    saving = "Save the arrays with np.savez(path, embeddings=..., labels=...)."
     path = Path(path)
+    saving = "Save the arrays with np.savez(path, embeddings=..., labels=...)."
+    objects = f"{path}: contains Python objects, which are not read for safety. Store numbers only."
     if path.is_dir():
         raise EvaluationError(f"{path}: is a folder, not a file. Pass the path of a .npz file of embeddings and labels.")
     if not path.is_file():
@@ -413,9 +462,7 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if "pickle" in str(error):
-            raise EvaluationError(
-                f"{path}: holds Python objects, which are not read for safety. Store numbers only. {saving}"
-            ) from None
+            raise EvaluationError(f"{objects} {saving}") from None
         raise EvaluationError(
             f"{path}: cannot be read as a .npz file of arrays ({type(error).__name__}: {error}); it may be "
             f"empty or truncated. {saving}"
@@ -428,9 +475,7 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
     except ValueError as error:
         if "pickle" not in str(error):
             raise EvaluationError(f"{path}: an array cannot be read ({error}). {saving}") from None
-        raise EvaluationError(
-            f"{path}: an array contains Python objects, which are not read for safety. Store numbers only. {saving}"
-        ) from None
+        raise EvaluationError(f"{objects} {saving}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise EvaluationError(
             f"{path}: an array cannot be read ({type(error).__name__}: {error}); the file may be truncated. {saving}"
@@ -458,58 +503,19 @@ def load_embeddings_file(path) -> dict[str, np.ndarray]:
             "(leave-one-out) or 'query_embeddings', 'query_labels', 'gallery_embeddings', 'gallery_labels'."
         )
     for embeddings_name, labels_name in pairs:
-        embeddings, labels = arrays[embeddings_name], arrays[labels_name]
-        if not np.issubdtype(embeddings.dtype, np.floating):
-            raise EvaluationError(
-                f"{path}: array '{embeddings_name}' has dtype {embeddings.dtype}; expected floats. "
-                f"Convert it with .astype(np.float32) before saving."
-            )
-        if embeddings.ndim != 2 or 0 in embeddings.shape:
-            raise EvaluationError(
-                f"{path}: array '{embeddings_name}' has shape {embeddings.shape}; expected (N, D) with N > 0 "
-                "and D > 0, one row per image."
-            )
-        if not np.isfinite(embeddings).all():
-            bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-            raise EvaluationError(
-                f"{path}: array '{embeddings_name}' contains NaN or infinite values in "
-                f"{_count(len(bad_rows), 'row', 'rows')} "
-                f"(first at index {bad_rows[0]}). Recompute those embeddings, or drop the rows and their labels."
-            )
+        embeddings, _ = check_pair(
+            arrays[embeddings_name], arrays[labels_name], embeddings_name, labels_name, f"{path}: "
+        )
         zero_rows = np.flatnonzero(~embeddings.any(axis=1))
         if len(zero_rows):
             raise EvaluationError(
                 f"{path}: array '{embeddings_name}' has {_count(len(zero_rows), 'all-zero row', 'all-zero rows')} "
-                "(first at index "
-                f"{zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined for it. "
-                "Recompute those embeddings, or drop the rows and their labels."
+                f"(first at index {zero_rows[0]}); a zero vector has no direction, so cosine retrieval is undefined "
+                "for it. Recompute those embeddings, or drop the rows and their labels."
             )
-        if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
-            raise EvaluationError(
-                f"{path}: array '{labels_name}' holds non-integer values; expected integer class ids. Map each "
-                "class to an id, for example with np.unique(labels, return_inverse=True)[1], before saving."
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise EvaluationError(
-                f"{path}: array '{labels_name}' has dtype {labels.dtype}; expected integer class ids. "
-                "Convert it with .astype(np.int64) before saving."
-            )
-        if labels.shape != (len(embeddings),):
-            raise EvaluationError(
-                f"{path}: array '{labels_name}' has shape {labels.shape}; expected ({len(embeddings)},), "
-                f"one class id per row of '{embeddings_name}'."
-            )
-    if len(pairs) == 2 and arrays["query_embeddings"].shape[1] != arrays["gallery_embeddings"].shape[1]:
-        raise EvaluationError(
-            f"{path}: 'query_embeddings' has dimension {arrays['query_embeddings'].shape[1]} but "
-            f"'gallery_embeddings' has {arrays['gallery_embeddings'].shape[1]}. Compute both with the same model "
-            "and embedding head."
-        )
+    if len(pairs) == 2:
+        check_same_dimension(arrays["query_embeddings"], arrays["gallery_embeddings"], f"{path}: ")
     return arrays
-
-
-def _count(number: int, singular: str, plural: str) -> str:
-    return f"{number} {singular if number == 1 else plural}"
 
 
 def evaluate_embedding_arrays(

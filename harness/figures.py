@@ -14,11 +14,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
+
+
+def _finish(figure, axis, path: Path, xlabel: str, ylabel: str, title: str, legend_location: str = "best") -> None:
+    """Label a one-axis line plot, add its legend and grid, and save it."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=7, loc=legend_location)
+    axis.grid(alpha=0.3)
+    _save(figure, path)
 
 
 def _history_of(contents, table) -> pd.DataFrame:
@@ -53,12 +62,8 @@ def plot_training_loss(contents, table, path: Path) -> bool:
         floor = math.log(1 + (c - 1) * math.exp(-c / (c - 1)))
         axis.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"l2softmax floor, C={c} ({floor:.3f})")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("mean training loss")
-    axis.set_title(f"{table.dataset}: training loss (mean over seeds, band = min-max)")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
-    _save(figure, path)
+    title = f"{table.dataset}: training loss (mean over seeds, band = min-max)"
+    _finish(figure, axis, path, "epoch", "mean training loss", title)
     return True
 
 
@@ -90,12 +95,8 @@ def plot_epoch_recall(contents, table, path: Path) -> bool:
             axis.fill_between(epochs, 100 * per_epoch.min().loc[epochs], 100 * per_epoch.max().loc[epochs], alpha=0.15)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylim(top=min(100.5, axis.get_ylim()[1]))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("Recall@1 (%)")
-    axis.set_title(f"{table.dataset}: Recall@1 per epoch (mean over seeds, band = min-max)")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
-    _save(figure, path)
+    title = f"{table.dataset}: Recall@1 per epoch (mean over seeds, band = min-max)"
+    _finish(figure, axis, path, "epoch", "Recall@1 (%)", title)
     return True
 
 
@@ -120,12 +121,8 @@ def plot_recall_curves(table, path: Path) -> bool:
     axis.set_xscale("log", base=2 if k_values.max() <= 64 else 10)
     axis.set_xticks(k_values, [str(k) for k in k_values])
     axis.set_ylim(top=min(100.5, axis.get_ylim()[1]))
-    axis.set_xlabel("K")
-    axis.set_ylabel("Recall@K (%)")
-    axis.set_title(f"{table.dataset}: Recall@K (mean over seeds, band = 95% CI)")
-    axis.legend(fontsize=7, loc="lower right")
-    axis.grid(alpha=0.3)
-    _save(figure, path)
+    title = f"{table.dataset}: Recall@K (mean over seeds, band = 95% CI)"
+    _finish(figure, axis, path, "K", "Recall@K (%)", title, legend_location="lower right")
     return True
 
 

@@ -74,6 +74,19 @@ def parse_loss_names(text: str) -> list[str]:
 MAX_SEED = 2**31 - 1
 
 
+def check_seed(seed: int) -> int:
+    """Return ``seed`` if it is a valid --seed value.
+
+    Raises:
+        ConfigError: the seed is negative or larger than MAX_SEED.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"--seed: invalid value {seed}; seeds are integers from 0 to {MAX_SEED} (faiss's k-means takes a C int)."
+        )
+    return seed
+
+
 def seed_list(seeds: int | None, seed: int | None) -> list[int]:
     """Turn ``--seeds N`` or ``--seed S`` into the list of seeds to run."""
     if seeds is not None and seed is not None:
@@ -83,11 +96,7 @@ def seed_list(seeds: int | None, seed: int | None) -> list[int]:
             raise ConfigError(f"--seeds: invalid value {seeds}; it must be at least 1 (seeds 0..N-1 are run).")
         return list(range(seeds))
     if seed is not None:
-        if not 0 <= seed <= MAX_SEED:
-            raise ConfigError(
-                f"--seed: invalid value {seed}; seeds are integers from 0 to {MAX_SEED} (faiss's k-means takes a C int)."
-            )
-        return [seed]
+        return [check_seed(seed)]
     return [0]
 
 

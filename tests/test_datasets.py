@@ -33,6 +33,13 @@ def fresh(tmp_path, name, **kwargs):
     return tmp_path
 
 
+def set_line(path, index, text):
+    """Replace one line of a list file."""
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ---------------------------------------------------------------------------
 # Parsing and splits
 
@@ -179,20 +186,14 @@ def test_truncated_image_found_by_check(tmp_path):
 
 def test_malformed_list_line_names_file_and_line(tmp_path):
     root = fresh(tmp_path, "cub")
-    labels = root / "CUB_200_2011" / "image_class_labels.txt"
-    lines = labels.read_text().splitlines()
-    lines[2] = "3"
-    labels.write_text("\n".join(lines) + "\n")
+    set_line(root / "CUB_200_2011" / "image_class_labels.txt", 2, "3")
     with pytest.raises(HarnessError, match=r"image_class_labels.txt line 3: expected 2 fields"):
         parse_dataset("cub", root)
 
 
 def test_inshop_count_line_checked(tmp_path):
     root = fresh(tmp_path, "inshop")
-    listing = root / "InShop" / "list_eval_partition.txt"
-    lines = listing.read_text().splitlines()
-    lines[0] = "5"
-    listing.write_text("\n".join(lines) + "\n")
+    set_line(root / "InShop" / "list_eval_partition.txt", 0, "5")
     with pytest.raises(HarnessError, match="line 1 declares 5 images"):
         parse_dataset("inshop", root)
 

@@ -82,9 +82,8 @@ def test_run_store_skip_and_report(runner, tmp_path):
     for path in sorted(out.iterdir()):
         assert path.read_bytes() == (again_out / path.name).read_bytes(), f"{path.name} differs between two reports"
 
-    # A report into a used folder removes what the last report wrote there
-    # and does not write again (here a stale table of another dataset); a
-    # file of the user's stays.
+    # A report into a used folder first removes the files the last report
+    # wrote there, such as a stale table of another dataset. A user's own file stays.
     manifest = out / "report_files.txt"
     assert "report.md" in manifest.read_text().splitlines()
     (out / "cub_summary.csv").write_text("stale")

@@ -26,7 +26,7 @@ def test_run_recomputes_exactly_then_detects_tampering(runner, tmp_path, monkeyp
     metrics = pd.read_parquet(folder / "metrics.parquet")
     assert set(metrics["search"]) == {"cpu"}
 
-    # Rechecked on another backend, the output says that rounding may differ.
+    # Rechecked on another backend, the output notes that rounding may differ.
     FakeGpuFaiss().install(monkeypatch)
     on_gpu = runner.invoke(app, ["evaluate", folder.name, "--results-dir", str(results), "--search", "gpu"])
     assert "computed with cpu score blocks and these with gpu" in " ".join(on_gpu.output.split())
@@ -89,7 +89,7 @@ def test_query_gallery_file(runner, tmp_path):
             "missing 'gallery_embeddings', 'gallery_labels'",
         ),
         ({"embeddings": np.ones((3, 0), np.float32), "labels": np.zeros(3, int)}, "has shape (3, 0); expected (N, D)"),
-        ({"embeddings": np.eye(3, dtype=np.float32), "labels": np.array([0, 0.5, 1])}, "'labels' holds non-integer"),
+        ({"embeddings": np.eye(3, dtype=np.float32), "labels": np.array([0, 0.5, 1])}, "'labels' contains non-integer"),
         (
             {
                 "query_embeddings": np.eye(2, dtype=np.float32),
@@ -173,7 +173,7 @@ def write_unreadable(path, kind):
         np.save(path.with_suffix(".npy"), np.array([{"a": 1}, None], dtype=object))
         path.with_suffix(".npy").rename(path)
     elif kind == "raw-entry":
-        # A zip archive whose .npy entries lack NumPy's header: np.load hands back bytes.
+        # A zip archive whose .npy entries lack NumPy's header: np.load returns bytes for them.
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("embeddings.npy", b"garbage")
             archive.writestr("labels.npy", b"garbage")
@@ -187,7 +187,7 @@ def write_unreadable(path, kind):
         ("empty", "may be empty or truncated"),
         ("text", "it is not a NumPy file"),
         ("objects", "contains Python objects, which are not read for safety"),
-        ("npy-objects", "holds Python objects, which are not read for safety"),
+        ("npy-objects", "contains Python objects, which are not read for safety"),
         ("raw-entry", "array 'embeddings' cannot be read (its entry is not in NumPy's .npy format)"),
     ],
 )
@@ -255,7 +255,7 @@ def test_k_option_checked_and_clipping_shown(runner, tmp_path):
         (["--seed", "3", "--kmeans-restarts", "2"], "--seed, --kmeans-restarts apply only"),
     ],
 )
-def test_file_options_rejected_with_a_run_id(runner, tmp_path, options, named):
+def test_file_options_rejected_with_run_id(runner, tmp_path, options, named):
     result = runner.invoke(app, ["evaluate", "some-run", "--results-dir", str(tmp_path), *options])
     assert result.exit_code == 2
     output = " ".join(result.output.split())
@@ -263,7 +263,7 @@ def test_file_options_rejected_with_a_run_id(runner, tmp_path, options, named):
     assert f"--embeddings {tmp_path / 'runs' / 'some-run' / 'embeddings' / 'test.npz'}" in output
 
 
-def test_run_id_problems_named(runner, tmp_path):
+def test_bad_run_ids_named(runner, tmp_path):
     results = tmp_path / "results"
     run = runner.invoke(app, ["run", "--loss", "sgsl", "--dataset", "digits", "--results-dir", str(results), "--quiet", *TINY])
     assert run.exit_code == 0, run.output
@@ -298,7 +298,7 @@ def test_run_id_problems_named(runner, tmp_path):
     assert "It failed: loss became NaN." in message("copy")
 
 
-def test_nmi_options_of_a_file(runner, tmp_path):
+def test_file_nmi_options(runner, tmp_path):
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(5, 6))
     labels = rng.integers(0, 5, 90)
@@ -325,7 +325,7 @@ def test_nmi_options_of_a_file(runner, tmp_path):
         assert message in result.output
 
 
-def test_run_file_scored_outside_gives_the_stored_metrics(runner, tmp_path):
+def test_run_file_scored_as_outside_file(runner, tmp_path):
     # With the run's seed and k-means restarts, scoring its stored file as an
     # outside file gives the stored metrics, NMI included.
     results = tmp_path / "results"
